@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "complexity": ("mgd.complexity", "parameters and MACs of a backbone and its DeepLabv3+"),
     "evaluate": ("mgd.evaluate", "mIoU / per-class IoU of a model on a dataset split"),
     "predict": ("mgd.predict", "colour-coded masks for a folder of images"),
+    "train": ("mgd.train.cli", "train a model with one method (sup, mt, cps, kd, cwd, skt, mgd)"),
 }
 
 

@@ -1,0 +1,81 @@
+"""``mgd complexity``: parameters and multiply-accumulates of a backbone and of its DeepLabv3+.
+
+The paper's "FLOPs" are multiply-accumulates: torch.utils.flop_counter counts a MAC as two
+FLOPs, so GMACs = FLOPs / 2 / 1e9. Models are built on the meta device: shapes and counts
+without allocating or computing anything, so 800x800 ResNet-101 is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mgd.errors import ConfigError
+from mgd.models import build_model
+
+DEFAULT_NUM_CLASSES = 21
+
+
+def count_params_m(module: nn.Module) -> float:
+    return sum(parameter.numel() for parameter in module.parameters()) / 1e6
+
+
+def count_gmacs(module: nn.Module, images: torch.Tensor) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(images)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def measure_complexity(
+    backbone: str, size: int, num_classes: int = DEFAULT_NUM_CLASSES, device: str | torch.device = "meta"
+) -> dict:
+    """Params (M) and GMACs of the features_only backbone and of the DeepLabv3+ on one size x size image."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"size: {size!r} is not a positive integer")
+    with torch.device(device):
+        model = build_model(backbone, num_classes).eval()
+        images = torch.zeros(1, 3, size, size)
+    return {
+        "backbone": backbone,
+        "size": size,
+        "backbone_params_m": count_params_m(model.backbone),
+        "backbone_gmacs": count_gmacs(model.backbone, images),
+        "model_params_m": count_params_m(model),
+        "model_gmacs": count_gmacs(model, images),
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'backbone':<18} {'size':>5} {'part':<11} {'params (M)':>10} {'GMACs':>9}"]
+    for row in rows:
+        for part, prefix in (("backbone", "backbone"), ("DeepLabv3+", "model")):
+            lines.append(
+                f"{row['backbone']:<18} {row['size']:>5} {part:<11} "
+                f"{row[prefix + '_params_m']:>10.2f} {row[prefix + '_gmacs']:>9.2f}"
+            )
+    return "\n".join(lines)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", required=True, help="resnet18d, mobilenetv2_100, resnet101_v1c, wide_resnet50_2 or a timm model name")
+    parser.add_argument("--size", required=True, type=_positive_int, help="side of the square input image in pixels")
+    parser.add_argument("--num-classes", type=_positive_int, default=DEFAULT_NUM_CLASSES, help="classifier outputs (default 21)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def main(args: argparse.Namespace) -> int:
+    row = measure_complexity(args.backbone, args.size, args.num_classes)
+    print(json.dumps(row) if args.json else format_table([row]))
+    return 0

@@ -1,0 +1,242 @@
+"""The dataset type every adapter returns, and the file and config helpers adapters share.
+
+A ``SegmentationDataset`` is a list of (id, image path, label path) samples plus the class
+table. Construction only checks that the listed files exist (cheap); ``load`` decodes a pair and
+checks it (readable, same size, label values in range), so a bad file fails with its name.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from mgd.errors import ConfigError, DatasetError
+
+IGNORE_INDEX = 255
+# How many offending ids/files/values an error message lists before "and N more".
+SHOWN_ITEMS = 5
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Cityscapes' official layout names images <city>_<seq>_<frame>_leftImg8bit.png.
+CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
+# PIL modes whose pixel values are class indices (P: indices into the palette).
+LABEL_MODES = ("L", "P", "I", "I;16")
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image_path: Path
+    label_path: Path
+
+
+def shown(items: Iterable[Any]) -> str:
+    """The first few items, comma-separated, with a count of the rest."""
+    items = [str(item) for item in items]
+    more = f" (and {len(items) - SHOWN_ITEMS} more)" if len(items) > SHOWN_ITEMS else ""
+    return ", ".join(items[:SHOWN_ITEMS]) + more
+
+
+def sample_id(path_or_id: str) -> str:
+    """Id of a sample from an image path or a bare id: base name without image suffix.
+
+    ``/JPEGImages/2007_000032.jpg`` -> ``2007_000032``;
+    ``frankfurt/frankfurt_000000_000294_leftImg8bit.png`` -> ``frankfurt_000000_000294``.
+    """
+    name = path_or_id.strip().replace("\\", "/").rsplit("/", 1)[-1]
+    stem, dot, suffix = name.rpartition(".")
+    if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES:
+        name = stem
+    return name.removesuffix(CITYSCAPES_IMAGE_SUFFIX)
+
+
+def read_list_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, whitespace-split fields) of each non-blank line of a list file (LF or CRLF)."""
+    if not path.is_file():
+        raise DatasetError(f"list file {path} does not exist")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"list file {path} cannot be read: {error}") from None
+    rows = [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1)]
+    rows = [(number, fields) for number, fields in rows if fields]
+    if not rows:
+        raise DatasetError(f"list file {path} lists no samples")
+    return rows
+
+
+def default_palette(num_classes: int) -> list[RGB]:
+    """The PASCAL VOC colour map: distinct colours from the bits of the class index."""
+    palette = []
+    for index in range(num_classes):
+        red = green = blue = 0
+        value = index
+        for shift in range(7, -1, -1):
+            red |= (value & 1) << shift
+            green |= ((value >> 1) & 1) << shift
+            blue |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette.append((red, green, blue))
+    return palette
+
+
+def require_root(cfg: Mapping[str, Any]) -> Path:
+    """The ``root`` key as an existing directory."""
+    root = cfg["root"]
+    if not isinstance(root, (str, Path)) or not str(root):
+        raise ConfigError(f"dataset config key 'root' must be a directory path, got {root!r}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} (config key 'root') is not a directory")
+    return root
+
+
+def _read_image_file(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"{path}: cannot be read as an image ({error})") from None
+    return image
+
+
+def value_lookup_table(value_map: Mapping[int, int]) -> np.ndarray:
+    """Table indexed by raw label value giving the mapped value; unmapped values map to themselves."""
+    table = np.arange(max(256, max(value_map) + 1), dtype=np.int64)
+    for raw, mapped in value_map.items():
+        table[raw] = mapped
+    return table
+
+
+class SegmentationDataset:
+    """Image/label pairs of one split with their class table; see docs/architecture.md."""
+
+    ignore_index = IGNORE_INDEX
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        classes: Sequence[str],
+        palette: Sequence[RGB] | None = None,
+        *,
+        value_map: Mapping[int, int] | None = None,
+        transform: Callable | None = None,
+        description: str = "dataset",
+    ) -> None:
+        self.classes = tuple(classes)
+        self.palette = [tuple(colour) for colour in (palette or default_palette(len(self.classes)))]
+        if len(self.palette) != len(self.classes):
+            raise ValueError(f"{len(self.palette)} palette colours for {len(self.classes)} classes")
+        self.value_map = dict(value_map or {})
+        self._value_table = value_lookup_table(self.value_map) if self.value_map else None
+        self.transform = transform
+        self.description = description
+        self.samples = list(samples)
+        seen: set[str] = set()
+        duplicates = [s.id for s in self.samples if s.id in seen or seen.add(s.id)]
+        if duplicates:
+            raise DatasetError(f"{description}: ids listed more than once: {shown(duplicates)}")
+        missing = [p for s in self.samples for p in (s.image_path, s.label_path) if not p.is_file()]
+        if missing:
+            raise DatasetError(
+                f"{description}: {len(missing)} listed file(s) missing, the first is {missing[0]}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def ids(self) -> list[str]:
+        return [sample.id for sample in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return f"SegmentationDataset({self.description}, {len(self)} samples, {self.num_classes} classes)"
+
+    def load_image(self, index: int) -> np.ndarray:
+        """The image as uint8 HxWx3 RGB (no label is read)."""
+        return np.array(_read_image_file(self.samples[index].image_path).convert("RGB"))
+
+    def load_label(self, index: int) -> np.ndarray:
+        """The label as int64 HxW train ids (value map applied, 255 = ignore), validated."""
+        path = self.samples[index].label_path
+        label_file = _read_image_file(path)
+        if label_file.mode not in LABEL_MODES:
+            raise DatasetError(
+                f"{path}: a label must be a single-channel image of class indices "
+                f"(PIL mode {'/'.join(LABEL_MODES)}), got mode {label_file.mode}"
+            )
+        raw = np.asarray(label_file)
+        if self._value_table is None:
+            mask = raw.astype(np.int64)
+        elif 0 <= raw.min() and raw.max() < len(self._value_table):
+            mask = self._value_table[raw]
+        else:
+            mask = raw.astype(np.int64)  # values beyond the table are out of range; reported below
+        bad = (mask >= self.num_classes) | (mask < 0)
+        bad &= mask != self.ignore_index
+        if bad.any():
+            mapped = f" after value map {self.value_map}" if self.value_map else ""
+            raise DatasetError(
+                f"{path}: label values {shown(np.unique(mask[bad]).tolist())}{mapped} are outside "
+                f"0..{self.num_classes - 1} ({self.num_classes} classes) and not ignore ({self.ignore_index})"
+            )
+        return mask
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The validated pair: uint8 HxWx3 image, int64 HxW mask (255 = ignore)."""
+        image = self.load_image(index)
+        mask = self.load_label(index)
+        if image.shape[:2] != mask.shape:
+            sample = self.samples[index]
+            raise DatasetError(
+                f"{sample.label_path}: label is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+                f"{sample.image_path} is {image.shape[1]}x{image.shape[0]}"
+            )
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # Imported here so the data-only commands (mgd synth, mgd check-data) start without torch.
+        import torch
+        from torchvision import tv_tensors
+
+        image, mask = self.load(index)
+        image = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+        mask = tv_tensors.Mask(torch.from_numpy(mask))
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return {"image": image, "mask": mask, "id": self.samples[index].id}
+
+    def _copy(self, **changes: Any) -> SegmentationDataset:
+        # A shallow copy skips re-checking files that were checked when self was built.
+        dataset = copy.copy(self)
+        dataset.__dict__.update(changes)
+        return dataset
+
+    def subset(self, ids: Iterable[str]) -> SegmentationDataset:
+        """The same dataset restricted to ``ids``, in their order."""
+        ids = list(ids)
+        by_id = {sample.id: sample for sample in self.samples}
+        unknown = [item for item in ids if item not in by_id]
+        if unknown:
+            raise DatasetError(
+                f"{self.description}: {len(unknown)} of {len(ids)} requested ids are not in the "
+                f"dataset: {shown(unknown)}"
+            )
+        seen: set[str] = set()
+        duplicates = [item for item in ids if item in seen or seen.add(item)]
+        if duplicates:
+            raise DatasetError(f"{self.description}: ids requested more than once: {shown(duplicates)}")
+        return self._copy(samples=[by_id[item] for item in ids])
+
+    def with_transform(self, transform: Callable | None) -> SegmentationDataset:
+        """A copy whose items go through ``transform(image, mask)``."""
+        return self._copy(transform=transform)

@@ -1,0 +1,152 @@
+"""Whole-image and sliding-window inference producing full-resolution logits.
+
+The evaluation protocol of the paper's code is a sliding window of the training crop size with a
+stride of 2/3 of the window, single scale, no flip; overlapping window logits are averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mgd.errors import ConfigError
+
+MODES = ("whole", "slide")
+
+
+def infer_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    mode: str = "whole",
+    window: int | tuple[int, int] | None = None,
+    stride: int | tuple[int, int] | None = None,
+    flip: bool = False,
+    num_classes: int | None = None,
+) -> torch.Tensor:
+    """Logits Bx(num_classes)xHxW for normalised images Bx3xHxW.
+
+    ``mode="slide"`` needs ``window`` (the crop size); ``stride`` defaults to ceil(2/3 window).
+    ``flip`` averages with the prediction of the horizontally mirrored images. ``num_classes``
+    defaults to ``model.num_classes`` and is checked against the channels the model returns.
+    The model runs in eval mode under ``torch.inference_mode``; its previous mode is restored.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if images.dim() != 4:
+        raise ValueError(f"images must be Bx3xHxW, got shape {tuple(images.shape)}")
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None)
+    if mode == "slide":
+        if window is None:
+            raise ValueError("mode 'slide' needs a window size")
+        window = _pair(window, "window")
+        stride = tuple(math.ceil(2 * w / 3) for w in window) if stride is None else _pair(stride, "stride")
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        if mode == "whole":
+            return _forward(model, batch, num_classes)
+        return _slide(model, batch, window, stride, num_classes)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = predict(images)
+            if flip:
+                logits = (logits + predict(images.flip(-1)).flip(-1)) / 2
+    finally:
+        model.train(was_training)
+    return logits
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _forward(model: nn.Module, batch: torch.Tensor, num_classes: int | None) -> torch.Tensor:
+    output = model(batch)
+    # Segmentation models return SegmentationOutput(logits, feature); plain modules a tensor.
+    logits = output.logits if hasattr(output, "logits") else output
+    if num_classes is not None and logits.shape[1] != num_classes:
+        raise ValueError(f"model returned {logits.shape[1]} logit channels, expected {num_classes}")
+    if logits.shape[-2:] != batch.shape[-2:]:
+        raise ValueError(
+            f"model returned logits of size {tuple(logits.shape[-2:])} for input {tuple(batch.shape[-2:])}"
+        )
+    return logits.float()
+
+
+def _window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering [0, size) with the last window flush with the border."""
+    count = max(math.ceil((size - window) / stride), 0) + 1
+    return sorted({min(i * stride, size - window) for i in range(count)})
+
+
+def _slide(
+    model: nn.Module,
+    images: torch.Tensor,
+    window: tuple[int, int],
+    stride: tuple[int, int],
+    num_classes: int | None,
+) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    window_h, window_w = window
+    # Images smaller than the window are padded (0 = the mean colour after normalisation)
+    # bottom/right to the window size, and the logits cropped back.
+    pad_h, pad_w = max(window_h - height, 0), max(window_w - width, 0)
+    padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+    padded_h, padded_w = padded.shape[-2:]
+    logit_sum = None
+    count = torch.zeros(1, 1, padded_h, padded_w, device=images.device)
+    for top in _window_starts(padded_h, window_h, stride[0]):
+        for left in _window_starts(padded_w, window_w, stride[1]):
+            crop = padded[:, :, top : top + window_h, left : left + window_w]
+            logits = _forward(model, crop, num_classes)
+            if logit_sum is None:
+                logit_sum = logits.new_zeros(images.shape[0], logits.shape[1], padded_h, padded_w)
+            logit_sum[:, :, top : top + window_h, left : left + window_w] += logits
+            count[:, :, top : top + window_h, left : left + window_w] += 1
+    return (logit_sum / count)[:, :, :height, :width]
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options shared by ``mgd evaluate`` and ``mgd predict``."""
+    parser.add_argument("--mode", choices=MODES, default="whole",
+                        help="whole-image or sliding-window inference (paper protocol: slide, "
+                             "window = training crop size)")
+    parser.add_argument("--window", type=int, help="sliding window size in pixels (--mode slide)")
+    parser.add_argument("--stride", type=int, help="sliding window stride (default: ceil(2/3 window))")
+    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def inference_options(args: argparse.Namespace) -> dict:
+    """``mode``, ``window``, ``stride`` (the effective one) and ``flip`` from the parsed options;
+    ConfigError for inconsistent combinations, before any model is loaded."""
+    if args.mode == "whole":
+        for name in ("window", "stride"):
+            if getattr(args, name) is not None:
+                raise ConfigError(f"--{name} only applies to --mode slide")
+        return {"mode": "whole", "window": None, "stride": None, "flip": args.flip}
+    if args.window is None:
+        raise ConfigError("--mode slide needs --window (the training crop size)")
+    if args.window < 1 or (args.stride is not None and args.stride < 1):
+        raise ConfigError("--window and --stride must be positive")
+    stride = math.ceil(2 * args.window / 3) if args.stride is None else args.stride
+    return {"mode": "slide", "window": args.window, "stride": stride, "flip": args.flip}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU -> ConfigError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but CUDA is not available")
+    return torch.device(name)

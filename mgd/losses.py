@@ -1,0 +1,283 @@
+"""Loss functions of MGD (Qin et al., ECCV 2022) and of the baselines in its tables.
+
+Every loss is a pure function of tensors. Shapes: logits B x N x H x W (float), features
+B x C x H x W (float), labels B x H x W (int64, ``ignore_index`` = not supervised). Teacher
+inputs are detached inside each function: a teacher tensor never receives gradient, whether or
+not it requires grad. Each docstring names its equation (or source paper) and its reduction.
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Floor for vector norms: a zero vector gets cosine similarity 0 instead of NaN.
+NORM_EPS = 1e-8
+
+
+def _check_same_shape(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"{what}: student shape {tuple(student.shape)} != teacher shape {tuple(teacher.shape)}"
+        )
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def supervised_ce_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
+) -> torch.Tensor:
+    """Pixel-wise cross-entropy against labels, eq. (1).
+
+    Reduction: sum of -log softmax(logits)[target] over the pixels whose label is not
+    ``ignore_index`` (whole batch), divided by the number of those pixels. When every pixel is
+    ignored the result is 0, still attached to ``logits``' graph (PyTorch's mean gives NaN).
+    """
+    summed = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+    num_valid = (target != ignore_index).sum().clamp(min=1)
+    return summed / num_valid
+
+
+def ohem_ce_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = 255,
+    threshold: float = 0.7,
+    min_kept: int = 100000,
+) -> torch.Tensor:
+    """Cross-entropy over hard pixels only (online hard example mining).
+
+    The rule of ``ProbOhemCrossEntropy2d`` in the CPS/MGD Cityscapes code, applied to the whole
+    batch at once. With p_i the softmax probability of pixel i's true class and V the
+    non-ignored pixels:
+
+    * if |V| <= min_kept, every pixel of V is kept;
+    * otherwise the cut is ``max(threshold, p_(min_kept))``, p_(k) being the k-th smallest p_i
+      over V, and a pixel of V is kept when p_i <= cut (ties at the cut are all kept, so slightly
+      more than min_kept pixels may survive).
+
+    So at least min(min_kept, |V|) pixels are kept, plus every pixel with p_i <= threshold.
+    The selection is not differentiated through. Reduction: :func:`supervised_ce_loss` over the
+    kept pixels (mean over kept pixels; 0 when none is valid).
+    One deliberate difference: for ``min_kept=0`` the CPS code skips the selection entirely
+    (keeps all of V); here the threshold rule still applies.
+    """
+    valid = target != ignore_index
+    num_valid = int(valid.sum())
+    if num_valid > min_kept:
+        with torch.no_grad():
+            probs = logits.detach().softmax(dim=1)
+            safe_target = target.masked_fill(~valid, 0)
+            true_class_prob = probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+            valid_probs = true_class_prob[valid]
+            cut = torch.tensor(threshold, dtype=valid_probs.dtype, device=valid_probs.device)
+            if min_kept > 0:
+                cut = torch.maximum(cut, valid_probs.kthvalue(min_kept).values)
+            kept = valid & (true_class_prob <= cut)
+        target = target.masked_fill(~kept, ignore_index)
+    return supervised_ce_loss(logits, target, ignore_index)
+
+
+def pixel_consistency_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, ignore_index: int = 255
+) -> torch.Tensor:
+    """Pixel-level consistency loss, eq. (2), for one teacher (call once per teacher and add).
+
+    ``teacher_logits`` is either float B x N x H x W, whose argmax over classes is the hard
+    pseudo label, or an int64 B x H x W pseudo-label map used as is (e.g. a CutMix mix of two
+    teachers' argmax maps), where ``ignore_index`` marks unsupervised pixels.
+    Reduction: cross-entropy of the student against the pseudo label, mean over the
+    non-ignored pixels of the batch (as :func:`supervised_ce_loss`; no temperature).
+    """
+    if teacher_logits.dtype == torch.int64:
+        pseudo_label = teacher_logits
+    elif teacher_logits.is_floating_point():
+        _check_same_shape(student_logits, teacher_logits, "pixel_consistency_loss")
+        pseudo_label = teacher_logits.detach().argmax(dim=1)
+    else:
+        raise ValueError(
+            f"pixel_consistency_loss: teacher must be float logits or an int64 label map, "
+            f"got dtype {teacher_logits.dtype}"
+        )
+    return supervised_ce_loss(student_logits, pseudo_label, ignore_index)
+
+
+def image_level_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Image-level semantic-sensitive loss, eq. (3)-(4).
+
+    Each class map of the RAW logits (no softmax) is global-average-pooled to one value per
+    image and class, K in R^{B x N}; the loss is |K^S - K^T| with
+    ``reduction="mean"``: averaged over batch and classes (eq. (4), 1/N sum, averaged over B), or
+    ``reduction="sum"``: summed over batch and classes (the public MGD code).
+    ``sum`` = ``mean`` * B * N.
+    """
+    _check_same_shape(student_logits, teacher_logits, "image_level_loss")
+    student_global = student_logits.mean(dim=(2, 3))
+    teacher_global = teacher_logits.detach().mean(dim=(2, 3))
+    if reduction == "mean":
+        return F.l1_loss(student_global, teacher_global, reduction="mean")
+    if reduction == "sum":
+        return F.l1_loss(student_global, teacher_global, reduction="sum")
+    raise ValueError(f"image_level_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def self_similarity(feat: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
+    """Self-correlation matrix M of eq. (5), one per image: B x (Hv*Wv) x (Hv*Wv).
+
+    ``feat`` (B x C x H x W) is adaptive-average-pooled to ``grid`` = (Hv, Wv), flattened to
+    C x HvWv (row-major over the grid), and m_ij = cos(v_i, v_j). Norms are floored at
+    ``NORM_EPS``, so an all-zero region vector has similarity 0 with everything (itself included)
+    and the value and gradient stay finite.
+    """
+    regions = F.adaptive_avg_pool2d(feat, grid).flatten(2)
+    unit_regions = F.normalize(regions, dim=1, eps=NORM_EPS)
+    return unit_regions.transpose(1, 2) @ unit_regions
+
+
+def region_level_loss(
+    student_feat: torch.Tensor,
+    teacher_feat: torch.Tensor,
+    grid: int | tuple[int, int] = (7, 7),
+) -> torch.Tensor:
+    """Region-level content-aware loss, eq. (5)-(6).
+
+    Reduction: squared difference of the student's and teacher's :func:`self_similarity`
+    matrices, mean over the (HvWv)^2 entries (eq. (6)) and over the batch. Channel counts and
+    spatial sizes of the two features may differ; only the batch size must match.
+    """
+    if student_feat.dim() != 4 or teacher_feat.dim() != 4:
+        raise ValueError("region_level_loss: features must be B x C x H x W")
+    if student_feat.shape[0] != teacher_feat.shape[0]:
+        raise ValueError(
+            f"region_level_loss: batch sizes differ ({student_feat.shape[0]} vs "
+            f"{teacher_feat.shape[0]})"
+        )
+    student_matrix = self_similarity(student_feat, grid)
+    teacher_matrix = self_similarity(teacher_feat.detach(), grid)
+    return F.mse_loss(student_matrix, teacher_matrix, reduction="mean")
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Pixel-wise knowledge distillation (Hinton et al., 2015), the "KD" baseline.
+
+    KL(softmax(t / T) || softmax(s / T)) over the classes at each pixel, summed over classes,
+    mean over the B*H*W pixels, times T^2 (keeps gradient magnitudes comparable across T).
+    """
+    _check_same_shape(student_logits, teacher_logits, "kd_loss")
+    _check_temperature(temperature)
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=1)
+    teacher_log_probs = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
+    batch, _, height, width = student_logits.shape
+    kl_sum = F.kl_div(student_log_probs, teacher_log_probs, reduction="sum", log_target=True)
+    return kl_sum / (batch * height * width) * temperature**2
+
+
+def cwd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., ICCV 2021), the "CWD" baseline.
+
+    Each channel map is turned into a distribution over its H*W positions, softmax(x / T);
+    per channel, KL(teacher || student) summed over the positions. Reduction: T^2 times the sum
+    over all B*C channel maps divided by B*C (the official code's ``loss / (N * C)`` with N the
+    batch size), i.e. the mean over channel maps of T^2 * KL.
+    """
+    _check_same_shape(student_logits, teacher_logits, "cwd_loss")
+    _check_temperature(temperature)
+    batch, channels = student_logits.shape[:2]
+    student_log_probs = F.log_softmax(student_logits.flatten(2) / temperature, dim=2)
+    teacher_log_probs = F.log_softmax(teacher_logits.detach().flatten(2) / temperature, dim=2)
+    kl_sum = F.kl_div(student_log_probs, teacher_log_probs, reduction="sum", log_target=True)
+    return kl_sum * temperature**2 / (batch * channels)
+
+
+def mean_teacher_consistency_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor
+) -> torch.Tensor:
+    """Mean Teacher consistency (Tarvainen & Valpola, NeurIPS 2017), the "MT" baseline.
+
+    Squared difference of the class-softmax probabilities, mean over all B*N*H*W elements
+    (the original's sum / (num_classes * batch), extended to pixels).
+    """
+    _check_same_shape(student_logits, teacher_logits, "mean_teacher_consistency_loss")
+    student_probs = student_logits.softmax(dim=1)
+    teacher_probs = teacher_logits.detach().softmax(dim=1)
+    return F.mse_loss(student_probs, teacher_probs, reduction="mean")
+
+
+def _check_stage_pairs(
+    student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], what: str
+) -> None:
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise ValueError(
+            f"{what}: need the same non-zero number of student and teacher stages, got "
+            f"{len(student_feats)} and {len(teacher_feats)}"
+        )
+    for stage, (student, teacher) in enumerate(zip(student_feats, teacher_feats)):
+        _check_same_shape(student, teacher, f"{what} stage {stage}")
+
+
+def skt_intra_layer_loss(
+    student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """SKT intra-layer pattern transfer (Liu et al., ACM MM 2020, "Efficient crowd counting via
+    structured knowledge transfer").
+
+    For each stage pair (student feature already mapped to the teacher's channels, e.g. by the
+    1x1 convolution SKT uses), 1 - cos(s(b, :, h, w), t(b, :, h, w)) at every position, the
+    cosine over channels. Reduction: mean over the B*H*W positions of each stage, summed over
+    the stages. SKT sums over positions as well; the mean here keeps the scale independent of
+    resolution (absorbed by the loss weight). Norms are floored at ``NORM_EPS``.
+    """
+    _check_stage_pairs(student_feats, teacher_feats, "skt_intra_layer_loss")
+    stage_losses = [
+        (1 - F.cosine_similarity(student, teacher.detach(), dim=1, eps=NORM_EPS)).mean()
+        for student, teacher in zip(student_feats, teacher_feats)
+    ]
+    return torch.stack(stage_losses).sum()
+
+
+def flow_matrix(feat_a: torch.Tensor, feat_b: torch.Tensor) -> torch.Tensor:
+    """FSP flow matrix between two stages (Yim et al., CVPR 2017), as in SKT's inter-layer
+    relation transfer: B x C_a x C_b.
+
+    ``feat_b`` is bilinearly resized to ``feat_a``'s H x W, then
+    G[b, i, j] = sum_{h,w} F_a[b, i, h, w] * F_b[b, j, h, w] / (H * W).
+    """
+    height, width = feat_a.shape[2:]
+    if feat_b.shape[2:] != feat_a.shape[2:]:
+        feat_b = F.interpolate(feat_b, size=(height, width), mode="bilinear", align_corners=False)
+    return feat_a.flatten(2) @ feat_b.flatten(2).transpose(1, 2) / (height * width)
+
+
+def skt_inter_layer_loss(
+    student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """SKT inter-layer relation transfer (Liu et al., ACM MM 2020).
+
+    For each consecutive stage pair (k, k+1), the :func:`flow_matrix` of the student and of the
+    teacher (student features already channel-adapted, so both matrices are C_k x C_{k+1}).
+    Reduction: squared difference, mean over the B*C_k*C_{k+1} entries of each pair, summed
+    over the pairs. Differences from SKT's code: SKT uses dense FSP (all pairs i < j, not only
+    consecutive ones), instance-normalises the features and max-pools them to a common
+    resolution before the Gram product, and sums (not averages) the squared differences.
+    Needs at least two stages.
+    """
+    _check_stage_pairs(student_feats, teacher_feats, "skt_inter_layer_loss")
+    if len(student_feats) < 2:
+        raise ValueError("skt_inter_layer_loss: needs at least two stages")
+    pair_losses = [
+        F.mse_loss(
+            flow_matrix(student_feats[k], student_feats[k + 1]),
+            flow_matrix(teacher_feats[k].detach(), teacher_feats[k + 1].detach()),
+        )
+        for k in range(len(student_feats) - 1)
+    ]
+    return torch.stack(pair_losses).sum()

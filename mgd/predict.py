@@ -1,0 +1,119 @@
+"""``mgd predict``: a colour-coded class mask for every image of a folder.
+
+Each ``NAME.{png,jpg,jpeg,bmp}`` becomes ``NAME.png`` in the output folder: a palette PNG whose
+pixel values are the predicted class indices and whose palette is the dataset's colours (or a
+deterministic default), so the file is both viewable and machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from mgd.errors import CheckpointError, ConfigError, DatasetError
+from mgd.inference import add_inference_arguments, infer_logits, inference_options, resolve_device
+from mgd.io import atomic_path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="model file written by mgd.models.save_model")
+    parser.add_argument("--input", required=True, type=Path, help="folder of images (png, jpg, jpeg, bmp)")
+    parser.add_argument("--output", required=True, type=Path, help="folder for the colour-coded masks")
+    parser.add_argument("--palette-from", type=Path,
+                        help="dataset config YAML whose class colours to use (default: a fixed palette)")
+    add_inference_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from mgd.models import load_model
+
+    options = inference_options(args)
+    device = resolve_device(args.device)
+    images = list_images(args.input)
+    if not args.model.is_file():
+        raise CheckpointError(f"model file {args.model} does not exist")
+    model = load_model(args.model)
+    if args.palette_from is None:
+        palette = default_palette(model.num_classes)
+    else:
+        palette = _dataset_palette(args.palette_from, model.num_classes)
+    if len(palette) > 256:
+        raise ConfigError(f"a palette PNG holds at most 256 classes, the model has {len(palette)}")
+    flat_palette = [channel for colour in palette for channel in colour]
+
+    model.to(device)
+    mean, std = _normalisation(device)
+    for path in tqdm(images, desc="predict", unit="img"):
+        pixels = torch.from_numpy(read_rgb(path)).to(device).permute(2, 0, 1)[None].float() / 255
+        logits = infer_logits(model, (pixels - mean) / std, num_classes=model.num_classes, **options)
+        mask = Image.fromarray(logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy())
+        mask.putpalette(flat_palette)  # turns the "L" index image into a "P" palette image
+        with atomic_path(args.output / f"{path.stem}.png") as tmp:
+            mask.save(tmp, format="PNG")
+    print(f"wrote {len(images)} masks to {args.output}")
+    return 0
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The images of ``folder``, sorted; DatasetError if there are none or two share a base name."""
+    if not folder.is_dir():
+        raise DatasetError(f"input folder {folder} does not exist")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DatasetError(f"input folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images")
+    stems: dict[str, Path] = {}
+    for path in images:
+        if path.stem in stems:
+            raise DatasetError(f"{stems[path.stem]} and {path} would both be written as {path.stem}.png")
+        stems[path.stem] = path
+    return images
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as error:
+        raise DatasetError(f"cannot read image {path}: {error}") from error
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC colour map (bits of the class index spread over r, g, b), any length."""
+    palette = []
+    for index in range(num_classes):
+        r = g = b = 0
+        value = index
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def _dataset_palette(config_path: Path, num_classes: int) -> list[tuple[int, int, int]]:
+    from mgd.data import build_dataset
+    from mgd.evaluate import load_dataset_config
+
+    dataset = build_dataset(load_dataset_config(config_path), split="val")
+    if dataset.num_classes != num_classes:
+        raise ConfigError(
+            f"dataset config {config_path} has {dataset.num_classes} classes but the model has {num_classes}"
+        )
+    return [tuple(colour) for colour in dataset.palette]
+
+
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    from mgd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return mean, std

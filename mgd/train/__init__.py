@@ -1,0 +1,1 @@
+"""Training engine: one loop, methods as objectives."""

@@ -1,0 +1,340 @@
+"""Dataset adapters on tiny files written per test, CamVid on the shared copy, and every error path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from mgd.cli import main as cli_main
+from mgd.data import build_dataset, sample_id
+from mgd.data.base import default_palette
+from mgd.errors import ConfigError, DatasetError
+
+
+def write_image(path: Path, height: int = 8, width: int = 12, seed: int = 0) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def write_label(path: Path, values: np.ndarray, palette: bool = False) -> None:
+    label = Image.fromarray(values.astype(np.uint8), mode="L")
+    if palette:
+        label = label.convert("P")
+        label.putpalette([channel for colour in default_palette(256) for channel in colour])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    label.save(path)
+
+
+def label_values(height: int = 8, width: int = 12, top: int = 3) -> np.ndarray:
+    return np.arange(height * width).reshape(height, width) % top
+
+
+@pytest.fixture
+def folder_root(tmp_path: Path) -> Path:
+    """Three 8x12 pairs in a CamVid-like layout with values 0..2 and 11 (void)."""
+    for index in range(3):
+        write_image(tmp_path / "img" / f"s{index}.png", seed=index)
+        values = label_values()
+        values[0, 0] = 11
+        write_label(tmp_path / "ann" / f"s{index}.png", values)
+    return tmp_path
+
+
+def folder_config(root: Path, **changes) -> dict:
+    cfg = {
+        "name": "folder",
+        "root": str(root),
+        "classes": ["a", "b", "c"],
+        "value_map": {11: 255},
+        "train": {"images": "img/*.png", "labels": "ann/*.png"},
+    }
+    cfg.update(changes)
+    return cfg
+
+
+# --- adapters ----------------------------------------------------------------------------------
+
+
+def test_voc_reads_crlf_path_pair_lists_and_palette_labels(tmp_path: Path) -> None:
+    for index, item in enumerate(["2007_000032", "2007_000039"]):
+        write_image(tmp_path / "JPEGImages" / f"{item}.jpg", seed=index)
+        values = label_values(top=21)
+        values[-1, -1] = 255
+        write_label(tmp_path / "SegmentationClassAug" / f"{item}.png", values, palette=index == 0)
+    (tmp_path / "train_aug.txt").write_bytes(
+        b"/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\r\n"
+        b"/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png\r\n\r\n"
+    )
+    (tmp_path / "val.txt").write_text("2007_000032\n")
+
+    train = build_dataset({"name": "voc", "root": str(tmp_path)}, "train")
+    assert train.ids == ["2007_000039", "2007_000032"]
+    assert train.num_classes == 21 and train.classes[0] == "background" and train.classes[-1] == "tvmonitor"
+    assert train.palette[:3] == [(0, 0, 0), (128, 0, 0), (0, 128, 0)]
+    image, mask = train.load(1)  # the palette PNG: indices, not colours
+    assert image.dtype == np.uint8 and image.shape == (8, 12, 3)
+    expected = label_values(top=21)
+    expected[-1, -1] = 255
+    assert mask.dtype == np.int64 and np.array_equal(mask, expected)
+
+    val = build_dataset({"name": "voc", "root": str(tmp_path)}, "val")
+    assert val.ids == ["2007_000032"]
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "few.txt").write_text("2007_000039\n")
+    custom = build_dataset({"name": "voc", "root": str(tmp_path), "val_list": "lists/few.txt"}, "val")
+    assert custom.ids == ["2007_000039"]
+
+
+def write_cityscapes_pair(image_path: Path, label_path: Path) -> None:
+    write_image(image_path)
+    values = label_values(top=19)
+    values[0, :] = 255
+    write_label(label_path, values)
+
+
+@pytest.mark.parametrize("layout", ["cps", "official"])
+def test_cityscapes_layouts_share_ids(tmp_path: Path, layout: str) -> None:
+    items = [("jena", "jena_000078_000019"), ("aachen", "aachen_000001_000019")]
+    for city, item in items:
+        if layout == "cps":
+            image_path = tmp_path / "images" / "train" / f"{item}.png"
+            label_path = tmp_path / "segmentation" / "train" / f"{item}_gtFine.png"
+        else:
+            image_path = tmp_path / "leftImg8bit" / "train" / city / f"{item}_leftImg8bit.png"
+            label_path = tmp_path / "gtFine" / "train" / city / f"{item}_gtFine_labelTrainIds.png"
+        write_cityscapes_pair(image_path, label_path)
+
+    dataset = build_dataset({"name": "cityscapes", "root": str(tmp_path), "layout": layout}, "train")
+    assert dataset.ids == ["aachen_000001_000019", "jena_000078_000019"]
+    assert dataset.num_classes == 19 and dataset.classes[-1] == "bicycle"
+    cps_line = "/images/train/jena_000078_000019.png\t/segmentation/train/jena_000078_000019_gtFine.png"
+    subset = dataset.subset([sample_id(cps_line.split()[0])])
+    _, mask = subset.load(0)
+    assert set(np.unique(mask)) == set(range(19)) | {255}
+
+
+def test_cityscapes_rejects_unknown_layout_and_empty_folders(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'layout'"):
+        build_dataset({"name": "cityscapes", "root": str(tmp_path), "layout": "coarse"}, "train")
+    with pytest.raises(DatasetError, match="no cityscapes images"):
+        build_dataset({"name": "cityscapes", "root": str(tmp_path)}, "val")
+
+
+def test_camvid_tiny_copy_matches_list_paths_by_base_name(tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        write_image(tmp_path / split / "0001TP_006690.png")
+        values = label_values(top=12)  # includes 11 = void
+        write_label(tmp_path / f"{split}annot" / "0001TP_006690.png", values)
+        (tmp_path / f"{split}.txt").write_text(
+            f"/SegNet/CamVid/{split}/0001TP_006690.png /SegNet/CamVid/{split}annot/0001TP_006690.png\n"
+        )
+    dataset = build_dataset({"name": "camvid", "root": str(tmp_path)}, "val")
+    assert dataset.ids == ["0001TP_006690"] and dataset.num_classes == 11
+    _, mask = dataset.load(0)
+    raw = label_values(top=12)
+    assert np.array_equal(mask, np.where(raw == 11, 255, raw))
+
+
+def test_camvid_real_data(camvid_root: Path) -> None:
+    train = build_dataset({"name": "camvid", "root": str(camvid_root)}, "train")
+    val = build_dataset({"name": "camvid", "root": str(camvid_root)}, "val")
+    assert (len(train), len(val)) == (367, 101)
+    assert train.ids[0] == "0001TP_006690" and not set(train.ids) & set(val.ids)
+    for dataset in (train, val):
+        image, mask = dataset.load(0)
+        assert image.shape == (360, 480, 3) and mask.shape == (360, 480)
+        assert set(np.unique(mask)) <= set(range(11)) | {255}
+    sample = val[1]
+    assert isinstance(sample["image"], tv_tensors.Image) and sample["image"].shape == (3, 360, 480)
+
+
+def test_folder_globs_pair_by_id_and_apply_the_value_map(folder_root: Path) -> None:
+    dataset = build_dataset(folder_config(folder_root, palette=[[1, 2, 3], [4, 5, 6], [7, 8, 9]]), "train")
+    assert dataset.ids == ["s0", "s1", "s2"] and dataset.classes == ("a", "b", "c")
+    assert dataset.palette == [(1, 2, 3), (4, 5, 6), (7, 8, 9)]
+    _, mask = dataset.load(2)
+    assert mask[0, 0] == 255 and np.array_equal(mask.ravel()[1:], label_values().ravel()[1:])
+
+
+def test_folder_list_mode_accepts_leading_slashes(folder_root: Path) -> None:
+    (folder_root / "val.txt").write_text("/img/s2.png /ann/s2.png\nimg/s0.png ann/s0.png\n")
+    dataset = build_dataset(folder_config(folder_root, val={"list": "val.txt"}), "val")
+    assert dataset.ids == ["s2", "s0"]
+    assert dataset.load(0)[1].shape == (8, 12)
+
+
+def test_folder_value_map_may_shift_every_value(folder_root: Path) -> None:
+    cfg = folder_config(folder_root, classes=["b", "c"], value_map={0: 255, 1: 0, 2: 1, 11: 255})
+    _, mask = build_dataset(cfg, "train").load(0)
+    assert set(np.unique(mask)) == {0, 1, 255}
+
+
+def test_folder_unpaired_files_are_named(folder_root: Path) -> None:
+    write_image(folder_root / "img" / "lonely.png")
+    with pytest.raises(DatasetError, match=r"1 image\(s\).*lonely\.png"):
+        build_dataset(folder_config(folder_root), "train")
+    (folder_root / "img" / "lonely.png").unlink()
+    write_label(folder_root / "ann" / "orphan.png", label_values())
+    with pytest.raises(DatasetError, match=r"1 label\(s\).*orphan\.png"):
+        build_dataset(folder_config(folder_root), "train")
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"classes": "a b c"}, "'classes'"),
+        ({"classes": ["a", "a"]}, "'classes'"),
+        ({"palette": [[0, 0, 0]]}, "'palette'"),
+        ({"value_map": {11: 7}}, "'value_map'"),
+        ({"value_map": {-1: 0}}, "'value_map'"),
+        ({"train": {"images": "img/*.png"}}, "'train'"),
+        ({"train": {"list": "/abs/train.txt"}}, "'train.list'"),
+    ],
+)
+def test_folder_bad_config_values_name_the_key(folder_root: Path, changes: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        build_dataset(folder_config(folder_root, **changes), "train")
+
+
+def test_folder_missing_split_section(folder_root: Path) -> None:
+    with pytest.raises(ConfigError, match="'val'"):
+        build_dataset(folder_config(folder_root), "val")
+
+
+# --- the dataset type ----------------------------------------------------------------------------
+
+
+def test_items_are_tv_tensors_and_transforms_see_the_pair(folder_root: Path) -> None:
+    dataset = build_dataset(folder_config(folder_root), "train")
+    sample = dataset[1]
+    assert isinstance(sample["image"], tv_tensors.Image) and sample["image"].dtype == torch.uint8
+    assert sample["image"].shape == (3, 8, 12)
+    assert isinstance(sample["mask"], tv_tensors.Mask) and sample["mask"].dtype == torch.int64
+    assert sample["id"] == "s1"
+    image, mask = dataset.load(1)
+    assert np.array_equal(sample["image"].permute(1, 2, 0).numpy(), image)
+
+    def flip(image: tv_tensors.Image, mask: tv_tensors.Mask):
+        assert isinstance(image, tv_tensors.Image) and isinstance(mask, tv_tensors.Mask)
+        return image.flip(-1), mask.flip(-1)
+
+    flipped = dataset.with_transform(flip)
+    assert torch.equal(flipped[1]["mask"], sample["mask"].flip(-1))
+    assert dataset.transform is None  # the original is untouched
+    assert np.array_equal(dataset.load_image(1), image)
+
+
+def test_subset_restricts_and_reorders(folder_root: Path) -> None:
+    dataset = build_dataset(folder_config(folder_root), "train")
+    subset = dataset.subset(["s2", "s0"])
+    assert subset.ids == ["s2", "s0"] and len(dataset) == 3
+    assert np.array_equal(subset.load(0)[0], dataset.load(2)[0])
+    assert len(dataset.subset([])) == 0
+
+
+def test_subset_unknown_ids_lists_a_few_and_the_count(folder_root: Path) -> None:
+    dataset = build_dataset(folder_config(folder_root), "train")
+    unknown = [f"nope{index}" for index in range(8)]
+    with pytest.raises(DatasetError, match=r"8 of 9 requested ids.*nope0, nope1.*\(and 3 more\)"):
+        dataset.subset(["s0", *unknown])
+    with pytest.raises(DatasetError, match="more than once: s0"):
+        dataset.subset(["s0", "s0"])
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_missing_files_are_reported_at_construction(folder_root: Path) -> None:
+    (folder_root / "list.txt").write_text("img/s0.png ann/s0.png\nimg/x.png ann/x.png\nimg/y.png ann/s1.png\n")
+    with pytest.raises(DatasetError, match=r"3 listed file\(s\) missing, the first is .*img/x\.png"):
+        build_dataset(folder_config(folder_root, train={"list": "list.txt"}), "train")
+
+
+def test_missing_list_file_and_root(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="train_aug.txt does not exist"):
+        build_dataset({"name": "voc", "root": str(tmp_path)}, "train")
+    with pytest.raises(DatasetError, match="is not a directory"):
+        build_dataset({"name": "camvid", "root": str(tmp_path / "absent")}, "train")
+
+
+def test_size_mismatch_names_both_files(folder_root: Path) -> None:
+    write_label(folder_root / "ann" / "s1.png", label_values(height=6))
+    dataset = build_dataset(folder_config(folder_root), "train")
+    dataset.load(0)
+    with pytest.raises(DatasetError, match=r"ann/s1\.png: label is 12x6 .*/img/s1\.png is 12x8"):
+        dataset.load(1)
+
+
+def test_out_of_range_label_values_are_named(folder_root: Path) -> None:
+    values = label_values()
+    values[2, 2], values[3, 3] = 7, 200
+    write_label(folder_root / "ann" / "s0.png", values)
+    dataset = build_dataset(folder_config(folder_root), "train")
+    with pytest.raises(DatasetError, match=r"ann/s0\.png: label values 7, 200 .* outside 0\.\.2"):
+        dataset.load(0)
+    with pytest.raises(DatasetError, match="s0.png"):
+        dataset[0]
+
+
+def test_unreadable_and_colour_labels(folder_root: Path) -> None:
+    (folder_root / "img" / "s0.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(folder_root / "ann" / "s1.png")
+    dataset = build_dataset(folder_config(folder_root), "train")
+    with pytest.raises(DatasetError, match=r"img/s0\.png: cannot be read"):
+        dataset.load(0)
+    with pytest.raises(DatasetError, match=r"ann/s1\.png: a label must be a single-channel.*RGB"):
+        dataset.load(1)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"root": "x"}, "no 'name' key"),
+        ({"name": "kitti", "root": "x"}, "unknown dataset 'kitti'"),
+        ({"name": "camvid"}, "missing key 'root'"),
+        ({"name": "camvid", "root": "x", "crop": 5}, "unknown key 'crop'"),
+        ({"name": "voc", "root": "x", "test_list": "t.txt"}, "unknown key 'test_list'"),
+        (["camvid"], "must be a mapping"),
+    ],
+)
+def test_config_errors_name_the_key(cfg, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_dataset(cfg, "train")
+
+
+def test_unknown_split(folder_root: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown split 'test'"):
+        build_dataset(folder_config(folder_root), "test")
+
+
+# --- mgd check-data ------------------------------------------------------------------------------
+
+
+def test_check_data_prints_class_counts_and_fails_on_a_bad_pair(folder_root: Path, capsys) -> None:
+    config = folder_root / "dataset.yaml"
+    config.write_text(
+        f"name: folder\nroot: {folder_root}\nclasses: [a, b, c]\nvalue_map: {{11: 255}}\n"
+        "train: {images: img/*.png, labels: ann/*.png}\n"
+    )
+    assert cli_main(["check-data", "--dataset-config", str(config), "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "3 pairs OK" in out
+    assert "(ignore 255)" in out and " a " in out
+
+    values = label_values()
+    values[1, 1] = 9
+    write_label(folder_root / "ann" / "s1.png", values)
+    assert cli_main(["check-data", "--dataset-config", str(config), "--split", "train"]) == 2
+    assert "s1.png: label values 9" in capsys.readouterr().err
+
+
+def test_check_data_reports_a_missing_config(tmp_path: Path, capsys) -> None:
+    assert cli_main(["check-data", "--dataset-config", str(tmp_path / "none.yaml"), "--split", "val"]) == 2
+    assert "none.yaml does not exist" in capsys.readouterr().err

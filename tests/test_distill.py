@@ -1,0 +1,175 @@
+"""MGD and the KD / CWD / SKT baselines with two small trained teachers."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mgd.data import build_dataset
+from mgd.data.synthetic import write_synthetic_dataset
+from mgd.errors import CheckpointError, ConfigError
+from mgd.models import build_model, load_model, save_model
+from mgd.splits import make_ratio_splits, write_split
+from mgd.train.config import validate_config
+from mgd.train.loop import Trainer
+
+
+def run(cfg: dict) -> Trainer:
+    trainer = Trainer(validate_config(cfg))
+    trainer.run()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """A tiny synthetic dataset, a split, and two teachers trained briefly with Sup."""
+    root = tmp_path_factory.mktemp("distill")
+    write_synthetic_dataset(root / "data", num_train=40, num_val=8, size=40, seed=0)
+    ids = build_dataset({"name": "synthetic", "root": str(root / "data")}, "train").ids
+    write_split(root / "split", make_ratio_splits(ids, ["1/4"], seed=0)["1-4"])
+    base = {
+        "seed": 0,
+        "output_dir": "",
+        "data": {"dataset": {"name": "synthetic", "root": str(root / "data")}, "split": str(root / "split"),
+                 "crop_size": 32, "scales": [1.0], "batch_labeled": 2, "batch_unlabeled": 2, "num_workers": 0},
+        "model": {"backbone": "resnet18d"},
+        "method": {"name": "sup"},
+        "optim": {"lr": 0.02, "iterations": 15},
+        "runtime": {"checkpoint_every": 100, "tensorboard": False},
+    }
+    teachers = []
+    for name, backbone, seed in (("TD", "resnet18d", 1), ("TW", "mobilenetv2_100", 2)):
+        cfg = copy.deepcopy(base)
+        cfg.update(seed=seed, output_dir=str(root / f"teacher_{name}"))
+        cfg["model"]["backbone"] = backbone
+        run(cfg)
+        teachers.append({"name": name, "model": str(root / f"teacher_{name}" / "model.pt")})
+    return {"root": root, "base": base, "teachers": teachers}
+
+
+def distill_config(setup: dict, out: str, method: dict, iterations: int = 2) -> dict:
+    cfg = copy.deepcopy(setup["base"])
+    cfg["output_dir"] = str(setup["root"] / out)
+    cfg["method"] = {"teachers": setup["teachers"], **method}
+    cfg["optim"]["iterations"] = iterations
+    return cfg
+
+
+def logged_terms(setup: dict, out: str) -> set[str]:
+    columns = pd.read_csv(setup["root"] / out / "log.csv").columns
+    return {column.removeprefix("loss/") for column in columns if column.startswith("loss/")}
+
+
+def test_mgd_lowers_the_loss_and_keeps_teachers_frozen(setup):
+    before = {t["name"]: load_model(t["model"]).state_dict() for t in setup["teachers"]}
+    cfg = distill_config(setup, "mgd", {"name": "mgd", "lambda_region": 10.0}, iterations=30)
+    cfg["optim"]["lr"] = 0.02
+    trainer = run(cfg)
+    losses = pd.read_csv(setup["root"] / "mgd" / "log.csv")["loss"].tolist()
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses
+    for name in ("TD", "TW"):
+        teacher = trainer.objective.teacher(name)
+        assert all(parameter.grad is None and not parameter.requires_grad for parameter in teacher.parameters())
+        for key, value in teacher.state_dict().items():
+            assert torch.equal(value, before[name][key]), (name, key)
+    assert logged_terms(setup, "mgd") == {
+        "sup", "pixel_labeled_TD", "pixel_labeled_TW", "pixel_unlabeled_TD", "pixel_unlabeled_TW",
+        "image_TD", "region_TW",
+    }
+
+
+def test_train_mode_teacher_bn_leaves_teachers_unchanged(setup):
+    before = {t["name"]: load_model(t["model"]).state_dict() for t in setup["teachers"]}
+    trainer = run(distill_config(setup, "mgd_bn_train", {"name": "mgd", "teacher_bn": "train"}))
+    for name in ("TD", "TW"):
+        for key, value in trainer.objective.teacher(name).state_dict().items():
+            assert torch.equal(value, before[name][key]), (name, key)
+
+
+@pytest.mark.parametrize(
+    "switches, expected",
+    [
+        # Table 5a rows
+        ({"pixel_labeled": False, "pixel_unlabeled": False, "image_level_teachers": [], "region_level_teachers": []},
+         {"sup"}),
+        ({"image_level_teachers": [], "region_level_teachers": []},
+         {"sup", "pixel_labeled_TD", "pixel_labeled_TW", "pixel_unlabeled_TD", "pixel_unlabeled_TW"}),
+        ({"region_level_teachers": []},
+         {"sup", "pixel_labeled_TD", "pixel_labeled_TW", "pixel_unlabeled_TD", "pixel_unlabeled_TW", "image_TD"}),
+        ({"image_level_teachers": [0, 1], "region_level_teachers": [0, 1]},
+         {"sup", "pixel_labeled_TD", "pixel_labeled_TW", "pixel_unlabeled_TD", "pixel_unlabeled_TW",
+          "image_TD", "image_TW", "region_TD", "region_TW"}),
+        # Table 5b: labeled-only distillation
+        ({"pixel_unlabeled": False, "image_level_teachers": [], "region_level_teachers": []},
+         {"sup", "pixel_labeled_TD", "pixel_labeled_TW"}),
+    ],
+)
+def test_each_switch_changes_exactly_its_terms(setup, switches, expected):
+    out = "switch_" + "_".join(f"{k}{v}" for k, v in switches.items()).replace(" ", "")
+    run(distill_config(setup, out, {"name": "mgd", **switches}, iterations=1))
+    assert logged_terms(setup, out) == expected
+
+
+def test_grid_and_weights_scale_only_their_terms(setup):
+    reference = distill_config(setup, "w_ref", {"name": "mgd"}, iterations=1)
+    doubled = distill_config(setup, "w_double", {"name": "mgd", "lambda_region": 200.0, "lambda_image": 0.004},
+                             iterations=1)
+    run(reference)
+    run(doubled)
+    ref = pd.read_csv(setup["root"] / "w_ref" / "log.csv").iloc[0]
+    dbl = pd.read_csv(setup["root"] / "w_double" / "log.csv").iloc[0]
+    assert dbl["loss/region_TW"] == pytest.approx(2 * ref["loss/region_TW"], rel=1e-5)
+    assert dbl["loss/image_TD"] == pytest.approx(2 * ref["loss/image_TD"], rel=1e-5)
+    assert dbl["loss/sup"] == pytest.approx(ref["loss/sup"], rel=1e-6)
+    run(distill_config(setup, "grid3", {"name": "mgd", "grid": 3}, iterations=1))
+    grid3 = pd.read_csv(setup["root"] / "grid3" / "log.csv").iloc[0]
+    assert grid3["loss/region_TW"] != pytest.approx(ref["loss/region_TW"])
+    assert grid3["loss/pixel_unlabeled_TD"] == pytest.approx(ref["loss/pixel_unlabeled_TD"], rel=1e-6)
+
+
+def test_same_architecture_teacher_pair(setup, tmp_path):
+    # Table 4: T_D + T_D is two teachers of one architecture trained with different seeds.
+    second = copy.deepcopy(setup["teachers"][0])
+    second["name"] = "TD2"
+    teachers = [setup["teachers"][0], second]
+    cfg = distill_config(setup, "td_td", {"name": "mgd"}, iterations=1)
+    cfg["method"]["teachers"] = teachers
+    run(cfg)
+    assert {"image_TD", "region_TD2"} <= logged_terms(setup, "td_td")
+
+
+@pytest.mark.parametrize("method, terms", [
+    ("kd", {"sup", "kd_labeled_TD", "kd_unlabeled_TD", "kd_labeled_TW", "kd_unlabeled_TW"}),
+    ("cwd", {"sup", "cwd_labeled_TD", "cwd_unlabeled_TD", "cwd_labeled_TW", "cwd_unlabeled_TW"}),
+    ("skt", {"sup", "skt_intra", "skt_inter"}),
+])
+def test_baselines_train(setup, method, terms):
+    cfg = distill_config(setup, method, {"name": method}, iterations=12)
+    trainer = run(cfg)
+    assert logged_terms(setup, method) == terms
+    losses = pd.read_csv(setup["root"] / method / "log.csv")["loss"].tolist()
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    exported = load_model(setup["root"] / method / "model.pt")
+    assert exported.num_classes == trainer.num_classes
+
+
+def test_teacher_errors(setup, tmp_path):
+    missing = distill_config(setup, "err", {"name": "mgd"})
+    missing["method"]["teachers"] = [{"name": "TD", "model": str(tmp_path / "nowhere.pt")}]
+    with pytest.raises(CheckpointError, match="nowhere.pt"):
+        run(missing)
+    wrong_classes = tmp_path / "three_classes.pt"
+    save_model(wrong_classes, build_model("resnet18d", num_classes=3))
+    mismatch = distill_config(setup, "err", {"name": "mgd"})
+    mismatch["method"]["teachers"] = [{"name": "TD", "model": str(wrong_classes)}]
+    with pytest.raises(ConfigError, match=r"method.teachers\[0\].*3 classes"):
+        run(mismatch)
+    with pytest.raises(ConfigError, match="method.region_level_teachers"):
+        run(distill_config(setup, "err", {"name": "mgd", "region_level_teachers": [5]}))
+    with pytest.raises(ConfigError, match="method.teachers"):
+        run(distill_config(setup, "err", {"name": "kd", "teachers": []}))

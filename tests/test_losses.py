@@ -1,0 +1,504 @@
+"""Each loss against a direct element-by-element computation on small tensors, plus the
+properties the training code relies on (zeros, reductions, ignore, gradient flow, finiteness)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mgd import losses
+
+B, N, H, W = 2, 3, 4, 4
+IGNORE = 255
+
+
+def randn(*shape, seed, requires_grad=False):
+    generator = torch.Generator().manual_seed(seed)
+    tensor = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    return tensor.requires_grad_(requires_grad)
+
+
+def random_labels(seed, ignore_fraction=0.25):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, N, (B, H, W), generator=generator)
+    ignored = torch.rand(B, H, W, generator=generator) < ignore_fraction
+    return labels.masked_fill(ignored, IGNORE)
+
+
+# ---- element-by-element references -------------------------------------------------------
+
+
+def softmax_list(values, temperature=1.0):
+    exps = [math.exp(v / temperature) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def class_vector(logits, b, h, w):
+    return [float(logits[b, c, h, w]) for c in range(logits.shape[1])]
+
+
+def ref_ce(logits, target, ignore_index=IGNORE):
+    total, count = 0.0, 0
+    for b in range(logits.shape[0]):
+        for h in range(logits.shape[2]):
+            for w in range(logits.shape[3]):
+                label = int(target[b, h, w])
+                if label == ignore_index:
+                    continue
+                total -= math.log(softmax_list(class_vector(logits, b, h, w))[label])
+                count += 1
+    return total / count if count else 0.0
+
+
+def ref_ohem(logits, target, threshold, min_kept, ignore_index=IGNORE):
+    pixels = []  # (true-class probability, -log probability)
+    for b in range(logits.shape[0]):
+        for h in range(logits.shape[2]):
+            for w in range(logits.shape[3]):
+                label = int(target[b, h, w])
+                if label != ignore_index:
+                    prob = softmax_list(class_vector(logits, b, h, w))[label]
+                    pixels.append((prob, -math.log(prob)))
+    if len(pixels) <= min_kept:
+        kept = pixels
+    else:
+        cut = max(threshold, sorted(p for p, _ in pixels)[min_kept - 1]) if min_kept else threshold
+        kept = [pixel for pixel in pixels if pixel[0] <= cut]
+    return sum(nll for _, nll in kept) / len(kept) if kept else 0.0
+
+
+def ref_image_level(student, teacher, reduction):
+    diffs = []
+    for b in range(student.shape[0]):
+        for c in range(student.shape[1]):
+            s_mean = sum(float(student[b, c, h, w]) for h in range(H) for w in range(W)) / (H * W)
+            t_mean = sum(float(teacher[b, c, h, w]) for h in range(H) for w in range(W)) / (H * W)
+            diffs.append(abs(s_mean - t_mean))
+    return sum(diffs) / len(diffs) if reduction == "mean" else sum(diffs)
+
+
+def ref_adaptive_pool_regions(feat, b, grid_h, grid_w):
+    """Region vectors v_1..v_{HvWv} (row-major), adaptive-pool bin bounds floor/ceil."""
+    channels, height, width = feat.shape[1:]
+    regions = []
+    for i in range(grid_h):
+        h0, h1 = (i * height) // grid_h, -((-(i + 1) * height) // grid_h)
+        for j in range(grid_w):
+            w0, w1 = (j * width) // grid_w, -((-(j + 1) * width) // grid_w)
+            cells = [(h, w) for h in range(h0, h1) for w in range(w0, w1)]
+            regions.append(
+                [
+                    sum(float(feat[b, c, h, w]) for h, w in cells) / len(cells)
+                    for c in range(channels)
+                ]
+            )
+    return regions
+
+
+def ref_cosine(u, v):
+    dot = sum(a * b for a, b in zip(u, v))
+    return dot / (math.sqrt(sum(a * a for a in u)) * math.sqrt(sum(b * b for b in v)))
+
+
+def ref_self_similarity(feat, b, grid_h, grid_w):
+    regions = ref_adaptive_pool_regions(feat, b, grid_h, grid_w)
+    return [[ref_cosine(u, v) for v in regions] for u in regions]
+
+
+def ref_region_level(student, teacher, grid_h, grid_w):
+    per_image = []
+    for b in range(student.shape[0]):
+        m_s = ref_self_similarity(student, b, grid_h, grid_w)
+        m_t = ref_self_similarity(teacher, b, grid_h, grid_w)
+        size = grid_h * grid_w
+        per_image.append(
+            sum((m_s[i][j] - m_t[i][j]) ** 2 for i in range(size) for j in range(size)) / size**2
+        )
+    return sum(per_image) / len(per_image)
+
+
+def ref_kl(p, q):
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+
+
+def ref_kd(student, teacher, temperature):
+    total = 0.0
+    for b in range(B):
+        for h in range(H):
+            for w in range(W):
+                p_t = softmax_list(class_vector(teacher, b, h, w), temperature)
+                p_s = softmax_list(class_vector(student, b, h, w), temperature)
+                total += ref_kl(p_t, p_s)
+    return total / (B * H * W) * temperature**2
+
+
+def ref_cwd(student, teacher, temperature):
+    total = 0.0
+    for b in range(B):
+        for c in range(N):
+            s_map = [float(student[b, c, h, w]) for h in range(H) for w in range(W)]
+            t_map = [float(teacher[b, c, h, w]) for h in range(H) for w in range(W)]
+            total += ref_kl(softmax_list(t_map, temperature), softmax_list(s_map, temperature))
+    return temperature**2 * total / (B * N)
+
+
+def ref_mean_teacher(student, teacher):
+    total = 0.0
+    for b in range(B):
+        for h in range(H):
+            for w in range(W):
+                p_s = softmax_list(class_vector(student, b, h, w))
+                p_t = softmax_list(class_vector(teacher, b, h, w))
+                total += sum((a - c) ** 2 for a, c in zip(p_s, p_t))
+    return total / (B * N * H * W)
+
+
+def ref_skt_intra(student_feats, teacher_feats):
+    total = 0.0
+    for student, teacher in zip(student_feats, teacher_feats):
+        batch, _, height, width = student.shape
+        stage = 0.0
+        for b in range(batch):
+            for h in range(height):
+                for w in range(width):
+                    stage += 1 - ref_cosine(
+                        class_vector(student, b, h, w), class_vector(teacher, b, h, w)
+                    )
+        total += stage / (batch * height * width)
+    return total
+
+
+def ref_flow_matrix(feat_a, feat_b, b):
+    """Same spatial size assumed."""
+    height, width = feat_a.shape[2:]
+    return [
+        [
+            sum(
+                float(feat_a[b, i, h, w] * feat_b[b, j, h, w])
+                for h in range(height)
+                for w in range(width)
+            )
+            / (height * width)
+            for j in range(feat_b.shape[1])
+        ]
+        for i in range(feat_a.shape[1])
+    ]
+
+
+def ref_skt_inter(student_feats, teacher_feats):
+    total = 0.0
+    for k in range(len(student_feats) - 1):
+        batch = student_feats[k].shape[0]
+        squared, count = 0.0, 0
+        for b in range(batch):
+            g_s = ref_flow_matrix(student_feats[k], student_feats[k + 1], b)
+            g_t = ref_flow_matrix(teacher_feats[k], teacher_feats[k + 1], b)
+            for row_s, row_t in zip(g_s, g_t):
+                for value_s, value_t in zip(row_s, row_t):
+                    squared += (value_s - value_t) ** 2
+                    count += 1
+        total += squared / count
+    return total
+
+
+def stage_features(seed, channels=(3, 5), sizes=(4, 4)):
+    return [randn(B, c, s, s, seed=seed + i) for i, (c, s) in enumerate(zip(channels, sizes))]
+
+
+# ---- supervised CE and OHEM --------------------------------------------------------------
+
+
+def test_supervised_ce_matches_reference_with_ignore():
+    logits, target = randn(B, N, H, W, seed=0), random_labels(seed=1)
+    assert (target == IGNORE).any() and (target != IGNORE).any()
+    assert losses.supervised_ce_loss(logits, target).item() == pytest.approx(ref_ce(logits, target))
+
+
+def test_supervised_ce_ignored_pixels_get_no_gradient():
+    logits, target = randn(B, N, H, W, seed=0, requires_grad=True), random_labels(seed=1)
+    losses.supervised_ce_loss(logits, target).backward()
+    ignored = (target == IGNORE).unsqueeze(1).expand_as(logits)
+    assert torch.all(logits.grad[ignored] == 0)
+    assert torch.any(logits.grad[~ignored] != 0)
+
+
+def test_supervised_ce_all_ignored_is_zero_with_grad():
+    logits = randn(B, N, H, W, seed=0, requires_grad=True)
+    target = torch.full((B, H, W), IGNORE, dtype=torch.int64)
+    loss = losses.supervised_ce_loss(logits, target)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.all(logits.grad == 0)
+
+
+def ohem_case():
+    """One image, 2 classes, 7 pixels: true-class probabilities as listed, last one ignored."""
+    probs = torch.tensor([0.1, 0.3, 0.5, 0.8, 0.9, 0.95, 0.2], dtype=torch.float64)
+    logits = torch.stack([probs.log(), (1 - probs).log()]).view(1, 2, 1, 7)
+    target = torch.tensor([[[0, 0, 0, 0, 0, 0, IGNORE]]])
+    return logits, target, probs
+
+
+@pytest.mark.parametrize(
+    "min_kept, kept_pixels",
+    [
+        (2, [0, 1, 2]),  # threshold rule keeps more than min_kept
+        (0, [0, 1, 2]),
+        (4, [0, 1, 2, 3]),  # min_kept hardest: cut raised to the 4th smallest probability
+        (5, [0, 1, 2, 3, 4]),
+        (6, [0, 1, 2, 3, 4, 5]),  # as many valid pixels as min_kept: keep all
+        (50, [0, 1, 2, 3, 4, 5]),
+    ],
+)
+def test_ohem_threshold_and_min_kept_rules(min_kept, kept_pixels):
+    logits, target, probs = ohem_case()
+    expected = -probs[kept_pixels].log().mean().item()
+    loss = losses.ohem_ce_loss(logits, target, threshold=0.7, min_kept=min_kept)
+    assert loss.item() == pytest.approx(expected)
+    assert loss.item() == pytest.approx(ref_ohem(logits, target, 0.7, min_kept))
+
+
+@pytest.mark.parametrize("min_kept", [1, 10, 20, 100])
+def test_ohem_matches_reference_on_random_batch(min_kept):
+    logits, target = randn(B, N, H, W, seed=2) * 2, random_labels(seed=3)
+    loss = losses.ohem_ce_loss(logits, target, threshold=0.4, min_kept=min_kept)
+    assert loss.item() == pytest.approx(ref_ohem(logits, target, 0.4, min_kept))
+
+
+def test_ohem_keeps_at_least_min_kept_pixels():
+    logits, target = randn(B, N, H, W, seed=2, requires_grad=True), random_labels(seed=3)
+    # threshold 0 alone would keep nothing; min_kept still forces 7 pixels.
+    losses.ohem_ce_loss(logits, target, threshold=0.0, min_kept=7).backward()
+    pixels_with_grad = (logits.grad.abs().sum(dim=1) > 0).sum().item()
+    assert pixels_with_grad == 7
+
+
+def test_ohem_all_ignored_is_zero():
+    logits = randn(B, N, H, W, seed=0, requires_grad=True)
+    target = torch.full((B, H, W), IGNORE, dtype=torch.int64)
+    loss = losses.ohem_ce_loss(logits, target, min_kept=3)
+    assert loss.item() == 0.0
+    loss.backward()
+
+
+# ---- pixel consistency ---------------------------------------------------------------------
+
+
+def test_pixel_consistency_uses_teacher_argmax():
+    student, teacher = randn(B, N, H, W, seed=0), randn(B, N, H, W, seed=1)
+    expected = ref_ce(student, teacher.argmax(dim=1))
+    assert losses.pixel_consistency_loss(student, teacher).item() == pytest.approx(expected)
+
+
+def test_pixel_consistency_against_itself_is_ce_to_own_argmax():
+    student = randn(B, N, H, W, seed=0)
+    loss = losses.pixel_consistency_loss(student, student)
+    assert loss.item() > 0
+    assert loss.item() == pytest.approx(ref_ce(student, student.argmax(dim=1)))
+
+
+def test_pixel_consistency_accepts_label_map_with_ignore():
+    student, pseudo_label = randn(B, N, H, W, seed=0), random_labels(seed=4)
+    loss = losses.pixel_consistency_loss(student, pseudo_label)
+    assert loss.item() == pytest.approx(ref_ce(student, pseudo_label))
+
+
+# ---- image level -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_image_level_matches_reference(reduction):
+    student, teacher = randn(B, N, H, W, seed=0), randn(B, N, H, W, seed=1)
+    loss = losses.image_level_loss(student, teacher, reduction=reduction)
+    assert loss.item() == pytest.approx(ref_image_level(student, teacher, reduction))
+
+
+def test_image_level_sum_is_mean_times_batch_and_classes():
+    student, teacher = randn(B, N, H, W, seed=0), randn(B, N, H, W, seed=1)
+    mean = losses.image_level_loss(student, teacher, reduction="mean")
+    total = losses.image_level_loss(student, teacher, reduction="sum")
+    assert total.item() == pytest.approx(mean.item() * B * N)
+
+
+def test_image_level_uses_raw_logits_not_softmax():
+    student = randn(B, N, H, W, seed=0)
+    # Adding a constant per pixel leaves the softmax unchanged but shifts the pooled logits.
+    assert losses.image_level_loss(student, student + 1.0).item() == pytest.approx(1.0)
+
+
+def test_image_level_rejects_unknown_reduction():
+    student = randn(B, N, H, W, seed=0)
+    with pytest.raises(ValueError, match="reduction"):
+        losses.image_level_loss(student, student, reduction="max")
+
+
+# ---- region level ------------------------------------------------------------------------
+
+
+def test_self_similarity_matches_reference():
+    feat = randn(B, 5, 5, 6, seed=0)
+    matrix = losses.self_similarity(feat, (3, 4))
+    assert matrix.shape == (B, 12, 12)
+    for b in range(B):
+        expected = torch.tensor(ref_self_similarity(feat, b, 3, 4), dtype=torch.float64)
+        torch.testing.assert_close(matrix[b], expected)
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (3, 3)])
+def test_region_level_matches_reference(grid):
+    student, teacher = randn(B, 5, 6, 6, seed=0), randn(B, 5, 6, 6, seed=1)
+    loss = losses.region_level_loss(student, teacher, grid=grid)
+    assert loss.item() == pytest.approx(ref_region_level(student, teacher, *grid))
+
+
+def test_region_level_different_channels_and_sizes():
+    student, teacher = randn(B, 3, 6, 6, seed=0), randn(B, 8, 5, 7, seed=1)
+    loss = losses.region_level_loss(student, teacher, grid=(2, 3))
+    assert loss.item() == pytest.approx(ref_region_level(student, teacher, 2, 3))
+
+
+def test_region_level_default_grid_is_7x7():
+    student, teacher = randn(1, 4, 8, 8, seed=0), randn(1, 6, 8, 8, seed=1)
+    loss = losses.region_level_loss(student, teacher)
+    assert loss.item() == pytest.approx(ref_region_level(student, teacher, 7, 7))
+
+
+@pytest.mark.parametrize("teacher_is_zero", [False, True])
+def test_region_level_finite_for_all_zero_features(teacher_is_zero):
+    student = torch.zeros(B, 4, H, W, dtype=torch.float64, requires_grad=True)
+    if teacher_is_zero:
+        teacher = torch.zeros(B, 6, H, W, dtype=torch.float64)
+    else:
+        teacher = randn(B, 6, H, W, seed=1)
+    loss = losses.region_level_loss(student, teacher, grid=(2, 2))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.all(torch.isfinite(student.grad))
+
+
+def test_region_level_finite_for_partly_zero_regions():
+    student = randn(B, 4, H, W, seed=0, requires_grad=True)
+    with torch.no_grad():
+        student[:, :, :2, :2] = 0  # one zero region out of the 2x2 grid
+    loss = losses.region_level_loss(student, randn(B, 4, H, W, seed=1), grid=(2, 2))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.all(torch.isfinite(student.grad))
+
+
+# ---- KD, CWD, MT ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_kd_matches_reference(temperature):
+    student, teacher = randn(B, N, H, W, seed=0), randn(B, N, H, W, seed=1)
+    loss = losses.kd_loss(student, teacher, temperature)
+    assert loss.item() == pytest.approx(ref_kd(student, teacher, temperature))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_cwd_matches_reference(temperature):
+    student, teacher = randn(B, N, H, W, seed=0), randn(B, N, H, W, seed=1)
+    loss = losses.cwd_loss(student, teacher, temperature)
+    assert loss.item() == pytest.approx(ref_cwd(student, teacher, temperature))
+
+
+def test_mean_teacher_matches_reference():
+    student, teacher = randn(B, N, H, W, seed=0), randn(B, N, H, W, seed=1)
+    loss = losses.mean_teacher_consistency_loss(student, teacher)
+    assert loss.item() == pytest.approx(ref_mean_teacher(student, teacher))
+
+
+@pytest.mark.parametrize("loss_fn", [losses.kd_loss, losses.cwd_loss])
+def test_temperature_must_be_positive(loss_fn):
+    student = randn(B, N, H, W, seed=0)
+    with pytest.raises(ValueError, match="temperature"):
+        loss_fn(student, student, 0.0)
+
+
+# ---- SKT -----------------------------------------------------------------------------------
+
+
+def test_skt_intra_layer_matches_reference():
+    student_feats = stage_features(seed=0, channels=(3, 5), sizes=(4, 2))
+    teacher_feats = stage_features(seed=10, channels=(3, 5), sizes=(4, 2))
+    loss = losses.skt_intra_layer_loss(student_feats, teacher_feats)
+    assert loss.item() == pytest.approx(ref_skt_intra(student_feats, teacher_feats))
+
+
+def test_flow_matrix_matches_reference():
+    feat_a, feat_b = randn(B, 3, H, W, seed=0), randn(B, 5, H, W, seed=1)
+    matrix = losses.flow_matrix(feat_a, feat_b)
+    assert matrix.shape == (B, 3, 5)
+    for b in range(B):
+        expected = torch.tensor(ref_flow_matrix(feat_a, feat_b, b), dtype=torch.float64)
+        torch.testing.assert_close(matrix[b], expected)
+
+
+def test_flow_matrix_resizes_second_stage_bilinearly():
+    feat_a, feat_b = randn(B, 3, H, W, seed=0), randn(B, 5, H // 2, W // 2, seed=1)
+    resized_b = F.interpolate(feat_b, size=(H, W), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(
+        losses.flow_matrix(feat_a, feat_b), losses.flow_matrix(feat_a, resized_b)
+    )
+
+
+def test_skt_inter_layer_matches_reference():
+    channels, sizes = (3, 4, 2), (4, 4, 4)
+    student_feats = stage_features(seed=0, channels=channels, sizes=sizes)
+    teacher_feats = stage_features(seed=10, channels=channels, sizes=sizes)
+    loss = losses.skt_inter_layer_loss(student_feats, teacher_feats)
+    assert loss.item() == pytest.approx(ref_skt_inter(student_feats, teacher_feats))
+
+
+def test_skt_rejects_mismatched_stages():
+    feats = stage_features(seed=0)
+    with pytest.raises(ValueError, match="stage"):
+        losses.skt_intra_layer_loss(feats, feats[:1])
+    with pytest.raises(ValueError, match="stage 1"):
+        losses.skt_inter_layer_loss(feats, [feats[0], randn(B, 6, 4, 4, seed=5)])
+    with pytest.raises(ValueError, match="two stages"):
+        losses.skt_inter_layer_loss(feats[:1], feats[:1])
+
+
+# ---- properties shared by the distillation losses ----------------------------------------------
+
+def two_stages(feat):
+    """A feature and its 2x-subsampled copy, standing in for two consecutive stages."""
+    return [feat, feat[:, :, ::2, ::2]]
+
+
+LOGIT_LOSSES = {
+    "image_level_mean": lambda s, t: losses.image_level_loss(s, t, "mean"),
+    "image_level_sum": lambda s, t: losses.image_level_loss(s, t, "sum"),
+    "kd": lambda s, t: losses.kd_loss(s, t, 2.0),
+    "cwd": lambda s, t: losses.cwd_loss(s, t, 2.0),
+    "mean_teacher": losses.mean_teacher_consistency_loss,
+}
+FEATURE_LOSSES = {
+    "region_level": lambda s, t: losses.region_level_loss(s, t, grid=(2, 2)),
+    "skt_intra": lambda s, t: losses.skt_intra_layer_loss(two_stages(s), two_stages(t)),
+    "skt_inter": lambda s, t: losses.skt_inter_layer_loss(two_stages(s), two_stages(t)),
+}
+ZERO_FOR_IDENTICAL = {**LOGIT_LOSSES, **FEATURE_LOSSES}
+ALL_LOSSES = {
+    **ZERO_FOR_IDENTICAL,
+    "pixel_consistency": losses.pixel_consistency_loss,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_FOR_IDENTICAL))
+def test_zero_for_identical_inputs(name):
+    tensor = randn(B, N, H, W, seed=0)
+    assert ZERO_FOR_IDENTICAL[name](tensor, tensor.clone()).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("teacher_requires_grad", [False, True])
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
+def test_gradient_reaches_student_not_teacher(name, teacher_requires_grad):
+    student = randn(B, N, H, W, seed=0, requires_grad=True)
+    teacher = randn(B, N, H, W, seed=1, requires_grad=teacher_requires_grad)
+    ALL_LOSSES[name](student, teacher).backward()
+    assert student.grad is not None and torch.any(student.grad != 0)
+    assert teacher.grad is None

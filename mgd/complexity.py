@@ -32,9 +32,13 @@ def count_gmacs(module: nn.Module, images: torch.Tensor) -> float:
 
 
 def measure_complexity(
-    backbone: str, size: int, num_classes: int = DEFAULT_NUM_CLASSES, device: str | torch.device = "meta"
+    backbone: str,
+    size: int,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    device: str | torch.device = "meta",
 ) -> dict:
-    """Params (M) and GMACs of the features_only backbone and of the DeepLabv3+ on one size x size image."""
+    """Params (M) and GMACs of the features_only backbone and of the DeepLabv3+ on one
+    ``size`` x ``size`` image (``device="cpu"`` really runs it; the counts are the same)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ConfigError(f"size: {size!r} is not a positive integer")
     with torch.device(device):
@@ -69,10 +73,21 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", required=True, help="resnet18d, mobilenetv2_100, resnet101_v1c, wide_resnet50_2 or a timm model name")
-    parser.add_argument("--size", required=True, type=_positive_int, help="side of the square input image in pixels")
-    parser.add_argument("--num-classes", type=_positive_int, default=DEFAULT_NUM_CLASSES, help="classifier outputs (default 21)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--backbone",
+        required=True,
+        help="resnet18d, mobilenetv2_100, resnet101_v1c, wide_resnet50_2 or a timm model name",
+    )
+    parser.add_argument(
+        "--size", required=True, type=_positive_int, help="side of the square input image in pixels"
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=_positive_int,
+        default=DEFAULT_NUM_CLASSES,
+        help=f"classifier outputs (default {DEFAULT_NUM_CLASSES})",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object, not a table")
 
 
 def main(args: argparse.Namespace) -> int:

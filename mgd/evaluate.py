@@ -10,16 +10,20 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from mgd.errors import CheckpointError, ConfigError, SplitError
+from mgd.errors import ConfigError, SplitError
 from mgd.inference import add_inference_arguments, infer_logits, inference_options, resolve_device
 from mgd.io import sha256_file, write_json_atomic
 from mgd.metrics import ConfusionMatrix
+
+if TYPE_CHECKING:
+    from mgd.data import SegmentationDataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def evaluate_model(
     model: nn.Module,
-    dataset,
+    dataset: SegmentationDataset,
     mode: str = "whole",
     window: int | None = None,
     stride: int | None = None,
@@ -45,16 +49,18 @@ def evaluate_model(
 ) -> dict:
     """Metrics of ``model`` on every sample of ``dataset`` (a mgd.data dataset, untransformed).
 
-    Returns ``miou`` (fraction), ``miou_percent``, ``iou`` ({class name: fraction, None where the
-    class occurs in neither prediction nor ground truth}), ``pixel_acc``, ``mean_acc``,
-    ``confusion_matrix`` (rows ground truth, columns prediction) and ``num_images``. Under
-    torch.distributed each process evaluates every world_size-th image and the matrices are summed.
+    Returns ``miou`` (fraction), ``miou_percent``, ``classes`` (in index order), ``iou``
+    ({class name: fraction, None where the class occurs in neither prediction nor ground truth}),
+    ``pixel_acc``, ``mean_acc``, ``confusion_matrix`` (rows ground truth, columns prediction) and
+    ``num_images``. Under torch.distributed each process evaluates every world_size-th image and
+    the matrices are summed, so every process returns the metrics of the whole dataset.
     """
     from mgd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
     if model.num_classes != dataset.num_classes:
         raise ConfigError(
-            f"model has {model.num_classes} classes but dataset has {dataset.num_classes} ({', '.join(dataset.classes)})"
+            f"model has {model.num_classes} classes but dataset has {dataset.num_classes} "
+            f"({', '.join(dataset.classes)})"
         )
     device = torch.device(device)
     model.to(device)
@@ -64,7 +70,7 @@ def evaluate_model(
         samples = Subset(samples, range(rank, len(samples), world_size))
     loader = DataLoader(samples, batch_size=1, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    matrix = ConfusionMatrix(dataset.num_classes)
+    matrix = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
     for sample in tqdm(loader, desc="evaluate", unit="img", disable=rank != 0):
         image = sample["image"].to(device, non_blocking=True)
         logits = infer_logits(model, image, mode=mode, window=window, stride=stride, flip=flip,
@@ -75,6 +81,7 @@ def evaluate_model(
     return {
         "miou": _none_if_nan(result["miou"]),
         "miou_percent": _none_if_nan(100 * result["miou"]),
+        "classes": list(dataset.classes),
         "iou": {name: _none_if_nan(value) for name, value in zip(dataset.classes, result["iou"], strict=True)},
         "pixel_acc": _none_if_nan(result["pixel_acc"]),
         "mean_acc": _none_if_nan(result["mean_acc"]),
@@ -89,8 +96,6 @@ def main(args: argparse.Namespace) -> int:
 
     options = inference_options(args)
     device = resolve_device(args.device)
-    if not args.model.is_file():
-        raise CheckpointError(f"model file {args.model} does not exist")
     dataset_cfg = load_dataset_config(args.dataset_config)
     dataset = build_dataset(dataset_cfg, split=args.split)
     if args.ids is not None:
@@ -107,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
     wall_time = time.perf_counter() - start
     metrics.update(
         units="miou, iou, pixel_acc and mean_acc are fractions in [0, 1]; miou_percent = 100 * miou",
-        confusion_matrix_axes="rows: ground-truth class, columns: predicted class (class order of 'iou')",
+        confusion_matrix_axes="rows: ground-truth class, columns: predicted class, both in the order of 'classes'",
         model={"path": str(args.model), "sha256": sha256_file(args.model), "build_args": model.build_args},
         dataset=dataset_cfg.get("name"),
         dataset_config=str(args.dataset_config),
@@ -125,10 +130,11 @@ def main(args: argparse.Namespace) -> int:
 
 def format_table(metrics: dict) -> str:
     """Per-class IoU table followed by mIoU and pixel accuracy, in percent."""
-    width = max(len("class"), *(len(name) for name in metrics["iou"]))
-    lines = [f"{'class':<{width}}  IoU %"]
-    for name, value in metrics["iou"].items():
-        lines.append(f"{name:<{width}}  {'absent' if value is None else f'{100 * value:6.2f}'}")
+    width = max(len("pixel acc"), *(len(name) for name in metrics["classes"]))
+    lines = [f"{'class':<{width}}  {'IoU %':>6}"]
+    for name in metrics["classes"]:
+        value = metrics["iou"][name]
+        lines.append(f"{name:<{width}}  {_percent(value, missing='absent')}")
     lines.append(f"{'mIoU':<{width}}  {_percent(metrics['miou'])}")
     lines.append(f"{'pixel acc':<{width}}  {_percent(metrics['pixel_acc'])}")
     return "\n".join(lines)
@@ -145,9 +151,9 @@ def read_ids(path: Path) -> list[str]:
 
 def load_dataset_config(path: Path) -> dict:
     """A dataset config slice from YAML: the file itself, or ``data.dataset`` of a training config."""
-    from mgd.train.config import load_yaml
+    from mgd.data import read_dataset_config
 
-    cfg = load_yaml(path)
+    cfg = read_dataset_config(path)
     data = cfg.get("data")
     if isinstance(data, dict) and isinstance(data.get("dataset"), dict):
         return data["dataset"]
@@ -167,5 +173,5 @@ def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:6.2f}"
+def _percent(value: float | None, missing: str = "n/a") -> str:
+    return f"{missing:>6}" if value is None else f"{100 * value:6.2f}"

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision import tv_tensors
 from tqdm import tqdm
 
-from mgd.errors import CheckpointError, ConfigError, DatasetError
+from mgd.errors import ConfigError, DatasetError
 from mgd.inference import add_inference_arguments, infer_logits, inference_options, resolve_device
 from mgd.io import atomic_path
 
@@ -32,13 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from mgd.data.base import default_palette
+    from mgd.data.transforms import eval_transform
     from mgd.models import load_model
 
     options = inference_options(args)
     device = resolve_device(args.device)
     images = list_images(args.input)
-    if not args.model.is_file():
-        raise CheckpointError(f"model file {args.model} does not exist")
     model = load_model(args.model)
     if args.palette_from is None:
         palette = default_palette(model.num_classes)
@@ -49,10 +50,10 @@ def main(args: argparse.Namespace) -> int:
     flat_palette = [channel for colour in palette for channel in colour]
 
     model.to(device)
-    mean, std = _normalisation(device)
+    normalise = eval_transform()
     for path in tqdm(images, desc="predict", unit="img"):
-        pixels = torch.from_numpy(read_rgb(path)).to(device).permute(2, 0, 1)[None].float() / 255
-        logits = infer_logits(model, (pixels - mean) / std, num_classes=model.num_classes, **options)
+        image = normalise(tv_tensors.Image(torch.from_numpy(read_rgb(path)).permute(2, 0, 1)))
+        logits = infer_logits(model, image[None].to(device), num_classes=model.num_classes, **options)
         mask = Image.fromarray(logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy())
         mask.putpalette(flat_palette)  # turns the "L" index image into a "P" palette image
         with atomic_path(args.output / f"{path.stem}.png") as tmp:
@@ -79,24 +80,9 @@ def list_images(folder: Path) -> list[Path]:
 def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))
     except (OSError, UnidentifiedImageError) as error:
         raise DatasetError(f"cannot read image {path}: {error}") from error
-
-
-def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """The PASCAL VOC colour map (bits of the class index spread over r, g, b), any length."""
-    palette = []
-    for index in range(num_classes):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= (value & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette.append((r, g, b))
-    return palette
 
 
 def _dataset_palette(config_path: Path, num_classes: int) -> list[tuple[int, int, int]]:
@@ -109,11 +95,3 @@ def _dataset_palette(config_path: Path, num_classes: int) -> list[tuple[int, int
             f"dataset config {config_path} has {dataset.num_classes} classes but the model has {num_classes}"
         )
     return [tuple(colour) for colour in dataset.palette]
-
-
-def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    from mgd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return mean, std

@@ -67,7 +67,9 @@ def _base_ids(ids: Iterable[str]) -> list[str]:
     unique = set(ids)
     if not unique:
         raise SplitError("the base id list is empty")
-    bad = [repr(item) for item in unique if not isinstance(item, str) or item.split() != [item]]
+    bad = sorted(
+        repr(item) for item in unique if not isinstance(item, str) or item.split() != [item]
+    )
     if bad:
         raise SplitError(f"base ids must be non-empty strings without whitespace: {_shown(bad)}")
     return sorted(unique)

@@ -83,7 +83,9 @@ def create_backbone(
     if output_stride is None:
         output_stride = spec.default_output_stride
     if output_stride is not None and output_stride not in OUTPUT_STRIDES:
-        raise ConfigError(f"output_stride: {output_stride} for {name} (use one of {OUTPUT_STRIDES})")
+        raise ConfigError(
+            f"output_stride: {output_stride} for {name} (use one of {OUTPUT_STRIDES})"
+        )
     resnet = is_timm_resnet(spec.timm_name)
     if multi_grid is not None and not resnet:
         raise ConfigError(f"multi_grid: only ResNet backbones have a multi-grid, not {name}")
@@ -98,8 +100,14 @@ def create_backbone(
         model = timm.create_model(
             spec.timm_name, pretrained=timm_pretrained, features_only=True, **kwargs
         )
+    except OSError as error:  # download failures: offline, no HF cache, hub errors
+        raise CheckpointError(
+            f"pretrained: cannot fetch timm weights for {name} ({error}); pass a local state dict file"
+        ) from error
     except (RuntimeError, TypeError, ValueError) as error:
-        raise ConfigError(f"backbone: timm cannot build {name} as a feature extractor: {error}") from error
+        raise ConfigError(
+            f"backbone: timm cannot build {name} as a feature extractor: {error}"
+        ) from error
     if resnet:
         stride = output_stride or 32
         if multi_grid is None:
@@ -109,7 +117,9 @@ def create_backbone(
     return model, output_stride, multi_grid
 
 
-def apply_multi_grid(layer: nn.Sequential, rate: int, multi_grid: tuple[int, ...], name: str) -> None:
+def apply_multi_grid(
+    layer: nn.Sequential, rate: int, multi_grid: tuple[int, ...], name: str
+) -> None:
     """Dilate the 3x3 convs of block i of ``layer`` by ``rate * multi_grid[i]`` (DeepLabv3)."""
     if len(multi_grid) != len(layer) or any(int(g) < 1 for g in multi_grid):
         raise ConfigError(
@@ -129,7 +139,9 @@ def feature_indices(backbone: nn.Module, name: str) -> tuple[int, int]:
     """Indices of the stride-4 (low-level) feature and of the last feature of ``backbone``."""
     reductions = backbone.feature_info.reduction()
     if 4 not in reductions:
-        raise ConfigError(f"backbone: {name} has no stride-4 feature for the decoder ({reductions})")
+        raise ConfigError(
+            f"backbone: {name} has no stride-4 feature for the decoder (strides {reductions})"
+        )
     return reductions.index(4), len(reductions) - 1
 
 
@@ -194,7 +206,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # any reader failure means the same to the user: unreadable
         raise CheckpointError(f"{path}: cannot read weights: {error}") from error
     while isinstance(state, Mapping):
-        wrapper = next((key for key in CHECKPOINT_WRAPPER_KEYS if isinstance(state.get(key), Mapping)), None)
+        wrapper = next(
+            (key for key in CHECKPOINT_WRAPPER_KEYS if isinstance(state.get(key), Mapping)), None
+        )
         if wrapper is None:
             break
         state = state[wrapper]
@@ -234,9 +248,9 @@ def _log_report(path: Path, report: WeightsReport) -> None:
     how = "by order and shape" if report.by_order else "by name"
     logger.info("%s: loaded %d backbone tensors %s", path, len(report.loaded), how)
     for label, keys in (
-        ("missing from the file (left at init)", report.missing),
-        ("with another shape in the file (left at init)", report.mismatched),
-        ("unexpected in the file (ignored)", report.unexpected),
+        ("backbone keys missing from the file (left at init)", report.missing),
+        ("backbone keys with another shape in the file (left at init)", report.mismatched),
+        ("keys of the file unused by the backbone", report.unexpected),
     ):
         if keys:
-            logger.warning("%s: %d backbone keys %s: %s", path, len(keys), label, _first(keys))
+            logger.warning("%s: %d %s: %s", path, len(keys), label, _first(keys))

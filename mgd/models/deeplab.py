@@ -36,10 +36,14 @@ class SegmentationOutput(NamedTuple):
     feature: torch.Tensor  # B x 256 x H/4 x W/4, decoder output before the classifier
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1
+) -> nn.Sequential:
     padding = dilation * (kernel_size // 2)
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
+        nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
+        ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -62,7 +66,13 @@ class ImagePooling(nn.Module):
         if self.training and pooled.shape[0] == 1:
             norm = self.norm
             pooled = F.batch_norm(
-                pooled, norm.running_mean, norm.running_var, norm.weight, norm.bias, training=False, eps=norm.eps
+                pooled,
+                norm.running_mean,
+                norm.running_var,
+                norm.weight,
+                norm.bias,
+                training=False,
+                eps=norm.eps,
             )
         else:
             pooled = self.norm(pooled)
@@ -118,7 +128,9 @@ class DeepLabV3Plus(nn.Module):
         features = self.backbone(x)
         context = self.aspp(features[self.high_level_index])
         feature = self.decoder(features[self.low_level_index], context)
-        logits = F.interpolate(self.classifier(feature), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            self.classifier(feature), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
         return SegmentationOutput(logits, feature)
 
 
@@ -172,7 +184,9 @@ def save_model(path: str | os.PathLike, model: DeepLabV3Plus) -> None:
     )
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DeepLabV3Plus:
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> DeepLabV3Plus:
     """Rebuild the model saved by ``save_model`` on ``map_location`` and load its weights."""
     path = Path(path)
     if not path.is_file():
@@ -182,15 +196,22 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except Exception as error:  # any reader failure means the same to the user: unreadable
         raise CheckpointError(f"{path}: cannot read model file: {error}") from error
     if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != MODEL_FILE_FORMAT:
-        raise CheckpointError(f"{path}: not a model file written by mgd (no format {MODEL_FILE_FORMAT!r})")
+        raise CheckpointError(
+            f"{path}: not a model file written by mgd (no format {MODEL_FILE_FORMAT!r})"
+        )
     if checkpoint.get("version") != MODEL_FILE_VERSION:
-        raise CheckpointError(f"{path}: model file version {checkpoint.get('version')!r}, expected {MODEL_FILE_VERSION}")
+        raise CheckpointError(
+            f"{path}: model file version {checkpoint.get('version')!r}, "
+            f"expected {MODEL_FILE_VERSION}"
+        )
     build_args = checkpoint["build_args"]
     try:
         with torch.device(map_location):
             model = build_model(**build_args)
     except (ConfigError, TypeError) as error:
-        raise CheckpointError(f"{path}: build arguments {build_args} are invalid: {error}") from error
+        raise CheckpointError(
+            f"{path}: build arguments {build_args} are invalid: {error}"
+        ) from error
     _check_state_dict(path, model, checkpoint["state_dict"])
     model.load_state_dict(checkpoint["state_dict"])
     return model
@@ -208,6 +229,7 @@ def _check_state_dict(path: Path, model: nn.Module, state_dict: Mapping) -> None
     ]
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)):
         if keys:
-            problems.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+            problems.append(f"{len(keys)} {label} ({shown})")
     if problems:
         raise CheckpointError(f"{path}: weights do not fit {model.build_args}: {'; '.join(problems)}")

@@ -246,8 +246,9 @@ class Trainer:
             with autocast:
                 terms = self.objective.losses(batch)
             total = sum(terms.values())
+            logged = {name: float(value.detach()) for name, value in terms.items()}
             if not torch.isfinite(total):
-                raise FloatingPointError(f"loss became {float(total)} at iteration {iteration}: {self._format(terms)}")
+                raise FloatingPointError(f"loss became {float(total.detach())} at iteration {iteration}: {self._format(logged)}")
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -259,11 +260,11 @@ class Trainer:
             step_time = time.perf_counter() - step_start
             progress.update(1)
             if log is not None:
-                scalars = {"loss": float(total), **{f"loss/{k}": float(v) for k, v in terms.items()},
+                scalars = {"loss": float(total.detach()), **{f"loss/{k}": v for k, v in logged.items()},
                            "lr": lr, "images_per_s": images / step_time}
                 log.write(iteration + 1, scalars)
                 if (iteration + 1) % runtime["log_every"] == 0:
-                    progress.set_postfix(loss=f"{float(total):.4f}", lr=f"{lr:.2e}")
+                    progress.set_postfix(loss=f"{float(total.detach()):.4f}", lr=f"{lr:.2e}")
             done = iteration + 1
             if done % runtime["checkpoint_every"] == 0 or done == iterations:
                 if log is not None:
@@ -280,7 +281,7 @@ class Trainer:
 
     @staticmethod
     def _format(terms: dict) -> str:
-        return ", ".join(f"{name}={float(value):.4g}" for name, value in terms.items())
+        return ", ".join(f"{name}={value:.4g}" for name, value in terms.items())
 
     def _finish(self, iterations: int, wall: float, images_seen: int, session_time: float) -> dict:
         summary = {

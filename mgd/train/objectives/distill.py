@@ -52,7 +52,7 @@ def use_batch_statistics(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.train()
-            module.momentum = 0.0
+            module.track_running_stats = False  # batch statistics; buffers stay as loaded
 
 
 class TeacherDistillation(Objective):

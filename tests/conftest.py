@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# The tests use tiny tensors, where torch's intra-op threads cost more than they give; one
+# thread per process also keeps the multi-process tests from oversubscribing the cores.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from mgd.data.synthetic import write_synthetic_dataset
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-CAMVID_ROOT = Path("/work/shared/datasets/CamVid")
+from mgd.data.synthetic import write_synthetic_dataset  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_ROOT = Path(os.environ.get("MGD_SHARED", REPO_ROOT.parent / "shared"))
+CAMVID_ROOT = SHARED_ROOT / "datasets" / "CamVid"
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import pytest
 
 from mgd.cli import main as cli_main
 from mgd.errors import SplitError
+from conftest import SHARED_ROOT
 from mgd.splits import (
     Split,
     import_cps_lists,
@@ -21,7 +22,7 @@ from mgd.splits import (
     write_split,
 )
 
-PUBLIC = Path("/work/shared/splits")
+PUBLIC = SHARED_ROOT / "splits"
 VOC_SUBSETS = PUBLIC / "voc" / "subset_train_aug"
 needs_public_lists = pytest.mark.skipif(not PUBLIC.is_dir(), reason="public CPS lists not present")
 

@@ -41,7 +41,9 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> SegmentationDataset:
         raise ConfigError(f"dataset config has no 'name' key (one of {', '.join(ADAPTERS)})")
     name = cfg["name"]
     if name not in ADAPTERS:
-        raise ConfigError(f"dataset config key 'name': unknown dataset {name!r}, expected one of {', '.join(ADAPTERS)}")
+        raise ConfigError(
+            f"dataset config key 'name': unknown dataset {name!r}, expected one of {', '.join(ADAPTERS)}"
+        )
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}, expected one of {', '.join(SPLITS)}")
     adapter = ADAPTERS[name]
@@ -52,7 +54,8 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> SegmentationDataset:
     unknown = sorted(str(key) for key in cfg if key not in allowed)
     if unknown:
         raise ConfigError(
-            f"dataset config ({name}) has unknown key '{unknown[0]}'; allowed keys: {', '.join(sorted(allowed))}"
+            f"dataset config ({name}) has unknown key '{unknown[0]}'; "
+            f"allowed keys: {', '.join(sorted(allowed))}"
         )
     return adapter.build(cfg, split)
 
@@ -69,5 +72,7 @@ def read_dataset_config(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ConfigError(f"dataset config {path} is not readable YAML: {error}") from None
     if not isinstance(cfg, dict):
-        raise ConfigError(f"dataset config {path} must hold a mapping (a dataset config slice), got {type(cfg).__name__}")
+        raise ConfigError(
+            f"dataset config {path} must hold a mapping (a dataset config slice), got {type(cfg).__name__}"
+        )
     return cfg

@@ -8,6 +8,7 @@ checks it (readable, same size, label values in range), so a bad file fails with
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -40,6 +41,11 @@ def shown(items: Iterable[Any]) -> str:
     items = [str(item) for item in items]
     more = f" (and {len(items) - SHOWN_ITEMS} more)" if len(items) > SHOWN_ITEMS else ""
     return ", ".join(items[:SHOWN_ITEMS]) + more
+
+
+def repeated(items: Iterable[str]) -> list[str]:
+    """Items that occur more than once, in order of first occurrence."""
+    return [item for item, count in Counter(items).items() if count > 1]
 
 
 def sample_id(path_or_id: str) -> str:
@@ -98,8 +104,8 @@ def require_root(cfg: Mapping[str, Any]) -> Path:
 
 def _read_image_file(path: Path) -> Image.Image:
     try:
-        image = Image.open(path)
-        image.load()
+        with Image.open(path) as image:
+            image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"{path}: cannot be read as an image ({error})") from None
     return image
@@ -137,11 +143,11 @@ class SegmentationDataset:
         self.transform = transform
         self.description = description
         self.samples = list(samples)
-        seen: set[str] = set()
-        duplicates = [s.id for s in self.samples if s.id in seen or seen.add(s.id)]
+        duplicates = repeated(sample.id for sample in self.samples)
         if duplicates:
             raise DatasetError(f"{description}: ids listed more than once: {shown(duplicates)}")
-        missing = [p for s in self.samples for p in (s.image_path, s.label_path) if not p.is_file()]
+        listed_files = (path for sample in self.samples for path in (sample.image_path, sample.label_path))
+        missing = [path for path in listed_files if not path.is_file()]
         if missing:
             raise DatasetError(
                 f"{description}: {len(missing)} listed file(s) missing, the first is {missing[0]}"
@@ -231,8 +237,7 @@ class SegmentationDataset:
                 f"{self.description}: {len(unknown)} of {len(ids)} requested ids are not in the "
                 f"dataset: {shown(unknown)}"
             )
-        seen: set[str] = set()
-        duplicates = [item for item in ids if item in seen or seen.add(item)]
+        duplicates = repeated(ids)
         if duplicates:
             raise DatasetError(f"{self.description}: ids requested more than once: {shown(duplicates)}")
         return self._copy(samples=[by_id[item] for item in ids])

@@ -36,7 +36,8 @@ def build(cfg: Mapping[str, Any], split: str) -> SegmentationDataset:
     for line_number, fields in read_list_lines(list_path):
         if len(fields) != 2:
             raise DatasetError(
-                f"{list_path} line {line_number}: expected '<image path> <label path>', got {' '.join(fields)!r}"
+                f"{list_path} line {line_number}: expected '<image path> <label path>', "
+                f"got {' '.join(fields)!r}"
             )
         image_name, label_name = _base_name(fields[0]), _base_name(fields[1])
         samples.append(

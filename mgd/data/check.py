@@ -22,7 +22,8 @@ def class_statistics(dataset: SegmentationDataset, progress: bool = True) -> dic
     pixels = np.zeros(dataset.num_classes + 1, dtype=np.int64)  # last bin: ignore
     images = np.zeros(dataset.num_classes + 1, dtype=np.int64)
     sizes: Counter[tuple[int, int]] = Counter()
-    for index in tqdm(range(len(dataset)), desc=f"check {dataset.description}", unit="img", disable=not progress):
+    indices = range(len(dataset))
+    for index in tqdm(indices, desc=f"check {dataset.description}", unit="img", disable=not progress):
         _, mask = dataset.load(index)
         bins = np.where(mask == dataset.ignore_index, dataset.num_classes, mask)
         counts = np.bincount(bins.ravel(), minlength=dataset.num_classes + 1)
@@ -41,7 +42,8 @@ def format_statistics(dataset: SegmentationDataset, statistics: dict) -> str:
     for index, name in enumerate(names):
         class_id = str(index) if index < dataset.num_classes else ""
         lines.append(
-            f"{class_id:>3}  {name:<{width}}  {pixels[index]:>12}  {100 * pixels[index] / total:>6.2f}%  {images[index]:>6}"
+            f"{class_id:>3}  {name:<{width}}  {pixels[index]:>12}  "
+            f"{100 * pixels[index] / total:>6.2f}%  {images[index]:>6}"
         )
     sizes = ", ".join(f"{w}x{h} ({count})" for (w, h), count in statistics["sizes"].most_common(3))
     more = " ..." if len(statistics["sizes"]) > 3 else ""
@@ -53,7 +55,9 @@ def format_statistics(dataset: SegmentationDataset, statistics: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset-config", type=Path, required=True, help="YAML file holding the dataset config slice")
+    parser.add_argument(
+        "--dataset-config", type=Path, required=True, help="YAML file holding the dataset config slice"
+    )
     parser.add_argument("--split", choices=SPLITS, default="train")
 
 

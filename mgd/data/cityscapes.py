@@ -58,4 +58,5 @@ def build(cfg: Mapping[str, Any], split: str) -> SegmentationDataset:
     if not samples:
         raise DatasetError(f"no cityscapes images found in {image_dir} (layout: {layout})")
     samples.sort(key=lambda sample: sample.id)
-    return SegmentationDataset(samples, CLASSES, PALETTE, description=f"cityscapes {split} ({root}, {layout} layout)")
+    description = f"cityscapes {split} ({root}, {layout} layout)"
+    return SegmentationDataset(samples, CLASSES, PALETTE, description=description)

@@ -79,12 +79,16 @@ def _as_int(value: Any) -> int | None:
 def _value_map(cfg: Mapping[str, Any], num_classes: int) -> dict[int, int]:
     value_map = cfg.get("value_map") or {}
     if not isinstance(value_map, Mapping):
-        raise ConfigError(f"dataset config key 'value_map' must map raw label values to class indices, got {value_map!r}")
+        raise ConfigError(
+            f"dataset config key 'value_map' must map raw label values to class indices, got {value_map!r}"
+        )
     result = {}
     for raw, mapped in value_map.items():
         raw_value, mapped_value = _as_int(raw), _as_int(mapped)
         if raw_value is None or not 0 <= raw_value <= MAX_LABEL_VALUE:
-            raise ConfigError(f"dataset config key 'value_map': {raw!r} is not a label value 0..{MAX_LABEL_VALUE}")
+            raise ConfigError(
+                f"dataset config key 'value_map': {raw!r} is not a label value 0..{MAX_LABEL_VALUE}"
+            )
         if mapped_value is None or not (0 <= mapped_value < num_classes or mapped_value == IGNORE_INDEX):
             raise ConfigError(
                 f"dataset config key 'value_map': {raw!r} maps to {mapped!r}, which is neither a class "
@@ -117,12 +121,14 @@ def _glob_samples(root: Path, section: Mapping[str, Any], split: str) -> list[Sa
     unlabeled = [str(images[item]) for item in images if item not in labels]
     if unlabeled:
         raise DatasetError(
-            f"{len(unlabeled)} image(s) of split {split!r} have no label matching {section['labels']!r}: {shown(unlabeled)}"
+            f"{len(unlabeled)} image(s) of split {split!r} have no label matching "
+            f"{section['labels']!r}: {shown(unlabeled)}"
         )
     orphans = [str(labels[item]) for item in labels if item not in images]
     if orphans:
         raise DatasetError(
-            f"{len(orphans)} label(s) of split {split!r} have no image matching {section['images']!r}: {shown(orphans)}"
+            f"{len(orphans)} label(s) of split {split!r} have no image matching "
+            f"{section['images']!r}: {shown(orphans)}"
         )
     return [Sample(item, images[item], labels[item]) for item in images]
 
@@ -133,7 +139,8 @@ def _list_samples(root: Path, list_name: str) -> list[Sample]:
     for line_number, fields in read_list_lines(list_path):
         if len(fields) != 2:
             raise DatasetError(
-                f"{list_path} line {line_number}: expected '<image path> <label path>', got {' '.join(fields)!r}"
+                f"{list_path} line {line_number}: expected '<image path> <label path>', "
+                f"got {' '.join(fields)!r}"
             )
         samples.append(Sample(sample_id(fields[0]), _relative(root, fields[0]), _relative(root, fields[1])))
     return samples
@@ -146,12 +153,15 @@ def _split_section(cfg: Mapping[str, Any], split: str) -> Mapping[str, str]:
     keys = set(section) if isinstance(section, Mapping) else set()
     if keys not in (GLOB_KEYS, LIST_KEYS):
         raise ConfigError(
-            f"dataset config key '{split}' must be {{images: GLOB, labels: GLOB}} or {{list: FILE}}, got {section!r}"
+            f"dataset config key '{split}' must be {{images: GLOB, labels: GLOB}} or {{list: FILE}}, "
+            f"got {section!r}"
         )
     for key, value in section.items():
         # pathlib globs only relative patterns; list paths are relative to root as well.
         if not isinstance(value, str) or not value or Path(value).is_absolute():
-            raise ConfigError(f"dataset config key '{split}.{key}' must be a path relative to root, got {value!r}")
+            raise ConfigError(
+                f"dataset config key '{split}.{key}' must be a path relative to root, got {value!r}"
+            )
     return section
 
 
@@ -161,7 +171,10 @@ def build(cfg: Mapping[str, Any], split: str) -> SegmentationDataset:
     value_map = _value_map(cfg, len(classes))
     section = _split_section(cfg, split)
     root = require_root(cfg)
-    samples = _list_samples(root, section["list"]) if "list" in section else _glob_samples(root, section, split)
+    if "list" in section:
+        samples = _list_samples(root, section["list"])
+    else:
+        samples = _glob_samples(root, section, split)
     return SegmentationDataset(
         samples, classes, palette, value_map=value_map, description=f"folder dataset {split} ({root})"
     )

@@ -51,7 +51,9 @@ PALETTE = [
     (135, 206, 235), (139, 105, 20), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
     (245, 130, 48), (145, 30, 180), (70, 240, 240),
 ]
-SKY, GROUND, DISC, SQUARE, TRIANGLE, STRIPED, CHECKERED, SKY_CROSS, GROUND_CROSS = range(len(CLASSES))
+SKY, GROUND, SKY_CROSS, GROUND_CROSS = (
+    CLASSES.index(name) for name in ("sky", "ground", "sky_cross", "ground_cross")
+)
 SHAPES = ("disc", "square", "triangle")
 # Object kinds drawn with equal odds; "cross" covers two classes, hence listed twice.
 OBJECT_KINDS = ("disc", "square", "triangle", "striped", "checkered", "cross", "cross")
@@ -98,14 +100,17 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray, radius: float) -> np.n
         return inside
     if shape == "cross":
         arm, half_width = 1.15 * radius, 0.38 * radius
-        return ((np.abs(u) <= arm) & (np.abs(v) <= half_width)) | ((np.abs(v) <= arm) & (np.abs(u) <= half_width))
+        horizontal_bar = (np.abs(u) <= arm) & (np.abs(v) <= half_width)
+        vertical_bar = (np.abs(v) <= arm) & (np.abs(u) <= half_width)
+        return horizontal_bar | vertical_bar
     raise ValueError(f"unknown shape {shape!r}")
 
 
 def _noisy_fill(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
     """A flat random colour with a shading gradient and pixel noise (HxWx3 float)."""
     colour = _object_colour(rng)
-    shading = rng.uniform(-25, 25) * (u * np.cos(rng.uniform(0, 2 * np.pi)) + v * np.sin(rng.uniform(0, 2 * np.pi))) / radius
+    light_direction = rng.uniform(0, 2 * np.pi)
+    shading = rng.uniform(0, 25) * (u * np.cos(light_direction) + v * np.sin(light_direction)) / radius
     noise = rng.normal(0, rng.uniform(3, 15), u.shape)
     return colour + (shading + noise)[..., None]
 
@@ -113,7 +118,9 @@ def _noisy_fill(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, radius: 
 def _texture_fill(rng: np.random.Generator, kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Stripes or a checkerboard in two contrasting random colours (HxWx3 float)."""
     first_value = rng.uniform(0.3, 1.0)
-    second_value = first_value - rng.uniform(0.3, 0.5) if first_value > 0.6 else first_value + rng.uniform(0.3, 0.5)
+    # A light colour pairs with a darker one and vice versa, so the pattern always shows.
+    contrast = rng.uniform(0.3, 0.5)
+    second_value = first_value - contrast if first_value > 0.6 else first_value + contrast
     first = _colour(rng.uniform(0, 1), rng.uniform(0.2, 1.0), first_value)
     second = _colour(rng.uniform(0, 1), rng.uniform(0.2, 1.0), min(second_value, 1.0))
     tu, tv = _local_coordinates(u, v, 0.0, 0.0, rng.uniform(0, np.pi))
@@ -126,13 +133,16 @@ def _texture_fill(rng: np.random.Generator, kind: str, u: np.ndarray, v: np.ndar
     return np.where(pattern[..., None], first, second) + noise
 
 
-def _backdrop(rng: np.random.Generator, size: int, x: np.ndarray, y: np.ndarray):
+def _backdrop(
+    rng: np.random.Generator, size: int, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sky above a wavy tilted horizon, textured ground below; returns (image, label, horizon_y)."""
     columns = np.arange(size) + 0.5
     horizon = (
         size * rng.uniform(0.3, 0.65)
         + rng.uniform(-0.3, 0.3) * (columns - size / 2)
-        + size * rng.uniform(0, 0.08) * np.sin(2 * np.pi * rng.uniform(0.5, 2.5) * columns / size + rng.uniform(0, 2 * np.pi))
+        + size * rng.uniform(0, 0.08)
+        * np.sin(2 * np.pi * rng.uniform(0.5, 2.5) * columns / size + rng.uniform(0, 2 * np.pi))
     )
     is_sky = y < horizon[None, :]
 
@@ -160,17 +170,28 @@ def _backdrop(rng: np.random.Generator, size: int, x: np.ndarray, y: np.ndarray)
     return image, label, horizon
 
 
-def _paint_object(rng: np.random.Generator, size: int, image, label, horizon, x, y) -> None:
+def _paint_object(
+    rng: np.random.Generator,
+    size: int,
+    image: np.ndarray,
+    label: np.ndarray,
+    horizon: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+) -> None:
+    """Paint one random object over ``image`` and its class over ``label``, in place."""
     kind = OBJECT_KINDS[rng.integers(len(OBJECT_KINDS))]
     textured = kind in ("striped", "checkered")
     radius = size * rng.uniform(*(TEXTURED_RADIUS_RANGE if textured else RADIUS_RANGE))
     cx, cy = rng.uniform(0.5 * radius, size - 0.5 * radius, 2)
     u, v = _local_coordinates(x, y, cx, cy, rng.uniform(0, 2 * np.pi))
     if kind in SHAPES:
-        mask, fill, class_index = _shape_mask(kind, u, v, radius), _noisy_fill(rng, u, v, radius), CLASSES.index(kind)
+        mask, fill = _shape_mask(kind, u, v, radius), _noisy_fill(rng, u, v, radius)
+        class_index = CLASSES.index(kind)
     elif textured:
         shape = SHAPES[rng.integers(len(SHAPES))]
-        mask, fill, class_index = _shape_mask(shape, u, v, radius), _texture_fill(rng, kind, u, v), CLASSES.index(kind)
+        mask, fill = _shape_mask(shape, u, v, radius), _texture_fill(rng, kind, u, v)
+        class_index = CLASSES.index(kind)
     else:
         above_horizon = cy < horizon[min(int(cx), size - 1)]
         mask, fill = _shape_mask("cross", u, v, radius), _noisy_fill(rng, u, v, radius)
@@ -240,7 +261,7 @@ def _read_metadata(root: Path) -> dict[str, Any] | None:
 def _is_complete(root: Path, metadata: Mapping[str, Any]) -> bool:
     for split, count in metadata["counts"].items():
         for item in sample_ids(split, count):
-            if not (root / "images" / f"{item}.png").is_file() or not (root / "labels" / f"{item}.png").is_file():
+            if not all((root / folder / f"{item}.png").is_file() for folder in ("images", "labels")):
                 return False
     return all((root / f"{split}.txt").is_file() for split in metadata["counts"])
 
@@ -250,9 +271,14 @@ def _save_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def write_synthetic_dataset(root: str | Path, num_train: int = 240, num_val: int = 60, size: int = 96, seed: int = 0) -> bool:
+def write_synthetic_dataset(
+    root: str | Path, num_train: int = 240, num_val: int = 60, size: int = 96, seed: int = 0
+) -> bool:
     """Write the dataset under ``root``; returns False when an identical complete one is already there."""
-    for option, value, minimum in (("--num-train", num_train, 1), ("--num-val", num_val, 1), ("--size", size, MIN_SIZE), ("--seed", seed, 0)):
+    minimums = {
+        "--num-train": (num_train, 1), "--num-val": (num_val, 1), "--size": (size, MIN_SIZE), "--seed": (seed, 0)
+    }
+    for option, (value, minimum) in minimums.items():
         if value < minimum:
             raise ConfigError(f"{option} must be at least {minimum}, got {value}")
     root = Path(root)
@@ -267,7 +293,8 @@ def write_synthetic_dataset(root: str | Path, num_train: int = 240, num_val: int
             image, label = render_scene(np.random.default_rng([seed, split_index, index]), size)
             _save_png(image, root / "images" / f"{item}.png")
             _save_png(label, root / "labels" / f"{item}.png")
-        write_text_atomic(root / f"{split}.txt", "".join(f"{item}\n" for item in sample_ids(split, counts[split])))
+        ids_text = "".join(f"{item}\n" for item in sample_ids(split, counts[split]))
+        write_text_atomic(root / f"{split}.txt", ids_text)
     # Files of an earlier, larger set, and temporary files a killed run left behind.
     wanted = {f"{item}.png" for split in SPLITS for item in sample_ids(split, counts[split])}
     for folder in (root / "images", root / "labels"):
@@ -282,11 +309,15 @@ def build(cfg: Mapping[str, Any], split: str) -> SegmentationDataset:
     root = require_root(cfg)
     metadata_path = root / METADATA_FILE
     if not metadata_path.is_file():
-        raise DatasetError(f"{metadata_path} does not exist: write the synthetic dataset with `mgd synth --root {root}`")
-    metadata = _read_metadata(root)
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or "classes" not in metadata or "palette" not in metadata:
         raise DatasetError(
-            f"{metadata_path} is not a synthetic dataset description: rewrite it with `mgd synth --root {root}`"
+            f"{metadata_path} does not exist: write the synthetic dataset with `mgd synth --root {root}`"
+        )
+    metadata = _read_metadata(root)
+    is_description = isinstance(metadata, dict) and metadata.get("format") == FORMAT
+    if not is_description or not {"classes", "palette"} <= set(metadata):
+        raise DatasetError(
+            f"{metadata_path} is not a synthetic dataset description: "
+            f"rewrite it with `mgd synth --root {root}`"
         )
     list_path = root / f"{split}.txt"
     samples = [
@@ -302,8 +333,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, required=True, help="folder to write the dataset into")
     parser.add_argument("--num-train", type=int, default=240, help="training images (default 240)")
     parser.add_argument("--num-val", type=int, default=60, help="validation images (default 60)")
-    parser.add_argument("--size", type=int, default=96, help=f"image side in pixels (default 96, at least {MIN_SIZE})")
-    parser.add_argument("--seed", type=int, default=0, help="the files depend on the arguments alone (default 0)")
+    parser.add_argument(
+        "--size", type=int, default=96, help=f"image side in pixels (default 96, at least {MIN_SIZE})"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="files depend on the arguments alone (default 0)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from mgd.data.base import Sample, SegmentationDataset, default_palette, read_list_lines, require_root, sample_id
+from mgd.data.base import (
+    Sample,
+    SegmentationDataset,
+    default_palette,
+    read_list_lines,
+    require_root,
+    sample_id,
+)
 from mgd.errors import ConfigError
 
 REQUIRED_KEYS = ("root",)

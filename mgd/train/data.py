@@ -5,12 +5,18 @@ stream's order comes from one seeded permutation per epoch and each sample's aug
 own seed. A resumed run therefore sees exactly the batches an uninterrupted run would have seen,
 without saving any loader state, and the labeled and the two unlabeled streams are independent (so
 CutMix pairs are different images).
+
+With a ``ViewReplay`` (a teacher cache's views), every image has K fixed augmented views: view k
+of image i is augmented with ``ViewReplay.sample_seed(i, k)``, and the stream only draws which view
+each position gets. The same crops can then be served with teacher outputs cached beforehand.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+
+import torch.nn.functional as F
 
 import numpy as np
 import torch
@@ -26,11 +32,26 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-class AugmentedViews(Dataset):
-    """Dataset indexed by (index, sample_seed): loads one sample and augments it with its own seed.
+@dataclass(frozen=True)
+class ViewReplay:
+    """K fixed augmented views per image, the views a teacher cache holds outputs for."""
 
-    Unlabeled samples get an all-valid mask (zeros) so that the crop padding comes back as 255,
-    which marks the pixels that are padding rather than image.
+    count: int
+    seed: int
+
+    def sample_seed(self, image_id: str, view: int) -> int:
+        # Keyed by image id, not by position in a list, so any split of the same ids agrees.
+        return derive_seed(self.seed, "view", image_id, view)
+
+
+class AugmentedViews(Dataset):
+    """Dataset indexed by (index, sample_seed, view): loads one sample and augments it with its seed.
+
+    ``view`` is the replayed view index (-1 for a fresh augmentation); it comes back with the
+    sample's id so that cached teacher outputs can be looked up. Unlabeled samples get an all-valid
+    mask (zeros) so that the crop padding comes back as 255, which marks the pixels that are
+    padding rather than image. The crop geometry depends on the seed and the image size only, so a
+    labeled and an unlabeled draw with one seed give the same image crop.
     """
 
     def __init__(self, dataset: SegmentationDataset, transform, labeled: bool):
@@ -41,8 +62,8 @@ class AugmentedViews(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, sample_seed = key
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        index, sample_seed, view = key
         if self.labeled:
             image, mask = self.dataset.load(index)
         else:
@@ -53,18 +74,21 @@ class AugmentedViews(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
             image, mask = self.transform(image, mask)
-        return {"image": image.as_subclass(torch.Tensor), "mask": mask.as_subclass(torch.Tensor).long()}
+        return {"image": image.as_subclass(torch.Tensor), "mask": mask.as_subclass(torch.Tensor).long(),
+                "id": self.dataset.samples[index].id, "view": view}
 
 
 class SeededBatchStream(Sampler):
     """Infinite batch sampler: batch ``i`` holds stream positions ``[i*B, (i+1)*B)``.
 
     With several processes each rank takes its slice of the global batch, so the global batch and
-    its content do not depend on the number of processes.
+    its content do not depend on the number of processes. With ``replay`` (and the items' ``ids``)
+    a position draws one of the K views of its image instead of a fresh augmentation seed.
     """
 
     def __init__(self, num_items: int, global_batch: int, seed: int, stream: str,
-                 start_iteration: int = 0, rank: int = 0, world_size: int = 1):
+                 start_iteration: int = 0, rank: int = 0, world_size: int = 1,
+                 replay: ViewReplay | None = None, ids: list[str] | None = None):
         self.num_items = num_items
         self.global_batch = global_batch
         self.local_batch = global_batch // world_size
@@ -72,6 +96,17 @@ class SeededBatchStream(Sampler):
         self.stream = stream
         self.start_iteration = start_iteration
         self.rank = rank
+        self.replay = replay
+        self.ids = ids
+        if replay is not None and (ids is None or len(ids) != num_items):
+            raise ValueError("SeededBatchStream: replaying views needs the id of every item")
+
+    def _draw(self, position: int, index: int) -> tuple[int, int, int]:
+        """(index, sample seed, view) of one stream position."""
+        if self.replay is None:
+            return index, derive_seed(self.seed, self.stream, "sample", position), -1
+        view = derive_seed(self.seed, self.stream, "view", position) % self.replay.count
+        return index, self.replay.sample_seed(self.ids[index], view), view
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.stream, "epoch", epoch))
@@ -87,16 +122,16 @@ class SeededBatchStream(Sampler):
                 if position // self.num_items != epoch:
                     epoch = position // self.num_items
                     permutation = self._permutation(epoch)
-                index = int(permutation[position % self.num_items])
-                batch.append((index, derive_seed(self.seed, self.stream, "sample", position)))
+                batch.append(self._draw(position, int(permutation[position % self.num_items])))
             yield batch
             iteration += 1
 
 
 def stream_loader(dataset: SegmentationDataset, transform, labeled: bool, global_batch: int, seed: int,
                   stream: str, start_iteration: int, rank: int, world_size: int, num_workers: int,
-                  pin_memory: bool) -> DataLoader:
-    sampler = SeededBatchStream(len(dataset), global_batch, seed, stream, start_iteration, rank, world_size)
+                  pin_memory: bool, replay: ViewReplay | None = None) -> DataLoader:
+    sampler = SeededBatchStream(len(dataset), global_batch, seed, stream, start_iteration, rank, world_size,
+                                replay, dataset.ids if replay is not None else None)
     return DataLoader(
         AugmentedViews(dataset, transform, labeled),
         batch_sampler=sampler,
@@ -110,9 +145,18 @@ def stream_loader(dataset: SegmentationDataset, transform, labeled: bool, global
 
 
 @dataclass
+class ViewKeys:
+    """Which image and which replayed view each sample of a batch is (view -1: fresh)."""
+
+    ids: list[str]
+    views: list[int]
+
+
+@dataclass
 class UnlabeledView:
     image: torch.Tensor  # B x 3 x H x W, normalised
     valid: torch.Tensor  # B x H x W bool, False on crop padding
+    keys: ViewKeys | None = None
 
 
 @dataclass
@@ -124,10 +168,18 @@ class TrainBatch:
     labeled_mask: torch.Tensor
     unlabeled: list[UnlabeledView]
     cutmix_mask: torch.Tensor | None
+    labeled_keys: ViewKeys | None = None
 
     @property
     def num_images(self) -> int:
         return self.labeled_image.shape[0] + sum(view.image.shape[0] for view in self.unlabeled)
+
+    def view_groups(self, unlabeled: bool) -> list[tuple[torch.Tensor, ViewKeys | None]]:
+        """(images, keys) of the labeled crops and, with ``unlabeled``, of the two un-mixed views."""
+        groups = [(self.labeled_image, self.labeled_keys)]
+        if unlabeled:
+            groups += [(view.image, view.keys) for view in self.unlabeled]
+        return groups
 
     def mixed_image(self) -> torch.Tensor:
         first, second = self.unlabeled
@@ -138,3 +190,11 @@ class TrainBatch:
         first = first.masked_fill(~self.unlabeled[0].valid, 255)
         second = second.masked_fill(~self.unlabeled[1].valid, 255)
         return torch.where(self.cutmix_mask[:, 0].bool(), second, first)
+
+    def mix_maps(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """CutMix two B x C x h x w maps of the unlabeled views at any resolution: the box mask is
+        area-averaged to h x w, so a cell straddling a box edge gets the weighted mean."""
+        mask = self.cutmix_mask
+        if mask.shape[-2:] != first.shape[-2:]:
+            mask = F.adaptive_avg_pool2d(mask, first.shape[-2:])
+        return first * (1 - mask) + second * mask

@@ -31,7 +31,7 @@ from mgd.io import atomic_path, torch_save_atomic, write_json_atomic
 from mgd.models import save_model
 from mgd.splits import read_split
 from mgd.train.config import config_hash, method_params
-from mgd.train.data import TrainBatch, UnlabeledView, derive_seed, stream_loader
+from mgd.train.data import TrainBatch, UnlabeledView, ViewKeys, derive_seed, stream_loader
 from mgd.train.objectives import objective_class
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -199,6 +199,8 @@ class Trainer:
         common = dict(
             seed=self.cfg["seed"], start_iteration=self.start_iteration, rank=self.rank,
             world_size=self.world_size, num_workers=data_cfg["num_workers"], pin_memory=self.device.type == "cuda",
+            # the views of a teacher cache, for the distillation objectives that use one
+            replay=getattr(self.objective, "view_replay", None),
         )
         labeled = stream_loader(self.labeled, transform, True, data_cfg["batch_labeled"], stream="labeled", **common)
         unlabeled = [
@@ -213,17 +215,45 @@ class Trainer:
         def to_device(image: torch.Tensor) -> torch.Tensor:
             return image.to(self.device, non_blocking=True).contiguous(memory_format=memory_format)
 
+        def keys(sample: dict) -> ViewKeys:
+            return ViewKeys(list(sample["id"]), sample["view"].tolist())
+
         labeled = next(labeled_iter)
         views = []
         for stream in unlabeled_iters:
             view = next(stream)
-            views.append(UnlabeledView(to_device(view["image"]), view["mask"].to(self.device) != 255))
+            views.append(UnlabeledView(to_device(view["image"]), view["mask"].to(self.device) != 255, keys(view)))
         cutmix = None
         if len(views) == 2:
             crop = views[0].image.shape[-2:]
             generator = torch.Generator().manual_seed(derive_seed(self.cfg["seed"], "cutmix", iteration, self.rank))
             cutmix = cutmix_box_masks(views[0].image.shape[0], crop[0], crop[1], generator).to(self.device)
-        return TrainBatch(iteration, to_device(labeled["image"]), labeled["mask"].to(self.device), views, cutmix)
+        return TrainBatch(iteration, to_device(labeled["image"]), labeled["mask"].to(self.device), views, cutmix,
+                          keys(labeled))
+
+    def batches(self):
+        """The run's batches from ``start_iteration`` on, as the loop consumes them."""
+        labeled_iter, unlabeled_iters = self._loaders()
+        iteration = self.start_iteration
+        while True:
+            yield self._batch(iteration, labeled_iter, unlabeled_iters)
+            iteration += 1
+
+    def step(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float], float]:
+        """One optimiser step on ``batch``: (total loss, loss terms by name, learning rate used)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg["runtime"]["bf16"]):
+            terms = self.objective.losses(batch)
+        total = sum(terms.values())
+        logged = {name: float(value.detach()) for name, value in terms.items()}
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"loss became {float(total.detach())} at iteration {batch.iteration}: {self._format(logged)}")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.objective.after_step(batch.iteration)
+        return total.detach(), logged, lr
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -232,8 +262,7 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         log = ScalarLog(self.output_dir, self.start_iteration, runtime["tensorboard"]) if self.is_main else None
         self.objective.set_modes()
-        labeled_iter, unlabeled_iters = self._loaders()
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=runtime["bf16"])
+        batches = self.batches()
         run_start = time.perf_counter()
         images_seen = 0
         progress = tqdm(
@@ -242,29 +271,18 @@ class Trainer:
         )
         for iteration in range(self.start_iteration, iterations):
             step_start = time.perf_counter()
-            batch = self._batch(iteration, labeled_iter, unlabeled_iters)
-            with autocast:
-                terms = self.objective.losses(batch)
-            total = sum(terms.values())
-            logged = {name: float(value.detach()) for name, value in terms.items()}
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"loss became {float(total.detach())} at iteration {iteration}: {self._format(logged)}")
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.scheduler.step()
-            self.objective.after_step(iteration)
+            batch = next(batches)
+            total, logged, lr = self.step(batch)
             images = batch.num_images * self.world_size
             images_seen += images
             step_time = time.perf_counter() - step_start
             progress.update(1)
             if log is not None:
-                scalars = {"loss": float(total.detach()), **{f"loss/{k}": v for k, v in logged.items()},
+                scalars = {"loss": float(total), **{f"loss/{k}": v for k, v in logged.items()},
                            "lr": lr, "images_per_s": images / step_time}
                 log.write(iteration + 1, scalars)
                 if (iteration + 1) % runtime["log_every"] == 0:
-                    progress.set_postfix(loss=f"{float(total.detach()):.4f}", lr=f"{lr:.2e}")
+                    progress.set_postfix(loss=f"{float(total):.4f}", lr=f"{lr:.2e}")
             done = iteration + 1
             if done % runtime["checkpoint_every"] == 0 or done == iterations:
                 if log is not None:

@@ -266,17 +266,24 @@ def skt_inter_layer_loss(
     teacher (student features already channel-adapted, so both matrices are C_k x C_{k+1}).
     Reduction: squared difference, mean over the B*C_k*C_{k+1} entries of each pair, summed
     over the pairs. Differences from SKT's code: SKT uses dense FSP (all pairs i < j, not only
-    consecutive ones), instance-normalises the features and max-pools them to a common
-    resolution before the Gram product, and sums (not averages) the squared differences.
+    consecutive ones), max-pools the features to a common resolution before the Gram product
+    (here the second stage is resized bilinearly), and sums (not averages) the squared
+    differences.
     Needs at least two stages.
+
+    As in SKT's code, every feature is first instance-normalised (zero mean, unit variance per
+    image and channel over its positions, eps 1e-5): raw Gram products grow with the square of
+    the activations, and without the normalisation the loss diverges within a few steps.
     """
     _check_stage_pairs(student_feats, teacher_feats, "skt_inter_layer_loss")
     if len(student_feats) < 2:
         raise ValueError("skt_inter_layer_loss: needs at least two stages")
+    student_feats = [F.instance_norm(feat) for feat in student_feats]
+    teacher_feats = [F.instance_norm(feat.detach()) for feat in teacher_feats]
     pair_losses = [
         F.mse_loss(
             flow_matrix(student_feats[k], student_feats[k + 1]),
-            flow_matrix(teacher_feats[k].detach(), teacher_feats[k + 1].detach()),
+            flow_matrix(teacher_feats[k], teacher_feats[k + 1]),
         )
         for k in range(len(student_feats) - 1)
     ]

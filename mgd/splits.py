@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
-from mgd.errors import ConfigError, SplitError
+from mgd.errors import SplitError
 from mgd.io import sha256_bytes, write_json_atomic, write_text_atomic
 
 LABELED_FILE = "labeled.txt"
@@ -391,19 +391,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset_train_ids(config_path: Path) -> list[str]:
-    import yaml
+    from mgd.data import build_dataset, read_dataset_config
 
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: dataset config not found")
-    try:
-        config = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{config_path}: not valid YAML ({error})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{config_path}: expected a mapping (a dataset config slice)")
-    from mgd.data import build_dataset
-
-    return list(build_dataset(config, "train").ids)
+    return list(build_dataset(read_dataset_config(config_path), "train").ids)
 
 
 def _summary(name: str, folder: Path, split: Split) -> str:

@@ -187,7 +187,21 @@ def ref_flow_matrix(feat_a, feat_b, b):
     ]
 
 
+def ref_instance_norm(feat, eps=1e-5):
+    """Per image and channel: subtract the mean over positions, divide by the biased std."""
+    out = feat.clone()
+    for b in range(feat.shape[0]):
+        for c in range(feat.shape[1]):
+            values = feat[b, c]
+            mean = float(values.sum()) / values.numel()
+            var = float(((values - mean) ** 2).sum()) / values.numel()
+            out[b, c] = (values - mean) / (var + eps) ** 0.5
+    return out
+
+
 def ref_skt_inter(student_feats, teacher_feats):
+    student_feats = [ref_instance_norm(feat) for feat in student_feats]
+    teacher_feats = [ref_instance_norm(feat) for feat in teacher_feats]
     total = 0.0
     for k in range(len(student_feats) - 1):
         batch = student_feats[k].shape[0]

@@ -1,6 +1,5 @@
 import json
 import random
-import sys
 import types
 from fractions import Fraction
 from pathlib import Path
@@ -317,9 +316,9 @@ def test_cli_dataset_config(tmp_path, monkeypatch, capsys):
         requests.append((cfg, split))
         return types.SimpleNamespace(ids=make_ids(16))
 
-    fake_data = types.ModuleType("mgd.data")
-    fake_data.build_dataset = build_dataset
-    monkeypatch.setitem(sys.modules, "mgd.data", fake_data)
+    import mgd.data
+
+    monkeypatch.setattr(mgd.data, "build_dataset", build_dataset)
     config = tmp_path / "voc.yaml"
     config.write_text("name: voc\nroot: /data/voc\n")
     make = ["splits", "make", "--dataset-config", str(config), "--out", str(tmp_path / "s")]
@@ -334,8 +333,8 @@ def test_cli_dataset_config(tmp_path, monkeypatch, capsys):
         return status, capsys.readouterr().err
 
     missing = tmp_path / "missing.yaml"
-    assert run_with(missing) == (2, f"mgd splits: error: {missing}: dataset config not found\n")
+    assert run_with(missing) == (2, f"mgd splits: error: dataset config {missing} does not exist\n")
     config.write_text("- a list\n")
-    assert "voc.yaml: expected a mapping" in run_with(config)[1]
+    assert "voc.yaml must hold a mapping" in run_with(config)[1]
     config.write_text("name: [unclosed\n")
-    assert "voc.yaml: not valid YAML" in run_with(config)[1]
+    assert "voc.yaml is not readable YAML" in run_with(config)[1]

@@ -76,6 +76,18 @@ def read_list_lines(path: Path) -> list[tuple[int, list[str]]]:
     return rows
 
 
+def read_pair_lines(path: Path) -> list[tuple[str, str]]:
+    """(image path, label path) of each non-blank line of an "<image> <label>" list file."""
+    pairs = []
+    for line_number, fields in read_list_lines(path):
+        if len(fields) != 2:
+            raise DatasetError(
+                f"{path} line {line_number}: expected '<image path> <label path>', got {' '.join(fields)!r}"
+            )
+        pairs.append((fields[0], fields[1]))
+    return pairs
+
+
 def default_palette(num_classes: int) -> list[RGB]:
     """The PASCAL VOC colour map: distinct colours from the bits of the class index."""
     palette = []

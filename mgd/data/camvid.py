@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from mgd.data.base import IGNORE_INDEX, Sample, SegmentationDataset, read_list_lines, require_root, sample_id
-from mgd.errors import DatasetError
+from mgd.data.base import IGNORE_INDEX, Sample, SegmentationDataset, read_pair_lines, require_root, sample_id
 
 REQUIRED_KEYS = ("root",)
 OPTIONAL_KEYS = ()
@@ -33,13 +32,8 @@ def build(cfg: Mapping[str, Any], split: str) -> SegmentationDataset:
     root = require_root(cfg)
     list_path = root / f"{split}.txt"
     samples = []
-    for line_number, fields in read_list_lines(list_path):
-        if len(fields) != 2:
-            raise DatasetError(
-                f"{list_path} line {line_number}: expected '<image path> <label path>', "
-                f"got {' '.join(fields)!r}"
-            )
-        image_name, label_name = _base_name(fields[0]), _base_name(fields[1])
+    for image_path, label_path in read_pair_lines(list_path):
+        image_name, label_name = _base_name(image_path), _base_name(label_path)
         samples.append(
             Sample(sample_id(image_name), root / split / image_name, root / f"{split}annot" / label_name)
         )

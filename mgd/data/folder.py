@@ -22,7 +22,7 @@ from mgd.data.base import (
     IGNORE_INDEX,
     Sample,
     SegmentationDataset,
-    read_list_lines,
+    read_pair_lines,
     require_root,
     sample_id,
     shown,
@@ -135,15 +135,10 @@ def _glob_samples(root: Path, section: Mapping[str, Any], split: str) -> list[Sa
 
 def _list_samples(root: Path, list_name: str) -> list[Sample]:
     list_path = _relative(root, list_name)
-    samples = []
-    for line_number, fields in read_list_lines(list_path):
-        if len(fields) != 2:
-            raise DatasetError(
-                f"{list_path} line {line_number}: expected '<image path> <label path>', "
-                f"got {' '.join(fields)!r}"
-            )
-        samples.append(Sample(sample_id(fields[0]), _relative(root, fields[0]), _relative(root, fields[1])))
-    return samples
+    return [
+        Sample(sample_id(image_path), _relative(root, image_path), _relative(root, label_path))
+        for image_path, label_path in read_pair_lines(list_path)
+    ]
 
 
 def _split_section(cfg: Mapping[str, Any], split: str) -> Mapping[str, str]:

@@ -36,7 +36,7 @@ from mgd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mgd.errors import CheckpointError, ConfigError, StaleCacheError
 from mgd.io import sha256_file, write_json_atomic
 from mgd.models.deeplab import HEAD_CHANNELS
-from mgd.train.data import TrainBatch, ViewKeys, ViewReplay
+from mgd.train.data import ViewKeys, ViewReplay
 
 FORMAT = "mgd.teacher_cache"
 VERSION = 1
@@ -44,7 +44,8 @@ MANIFEST_NAME = "manifest.json"
 PROGRESS_NAME = "progress.json"
 CACHE_KEY = "method.teacher_cache"
 DEFAULT_VIEWS = 4
-DEFAULT_FEATURE_GRID = 14
+# The paper's Hv = Wv (Table 6's best); pass 3 5 7 9 11 to serve all of Table 6 from one cache.
+DEFAULT_FEATURE_GRIDS = (7,)
 DEFAULT_LOGIT_STRIDE = 16
 DEFAULT_BATCH_SIZE = 8
 # The decoder feature (and the classifier output) of DeepLabv3+ is at stride 4.
@@ -67,9 +68,19 @@ DENSE_FIELDS = ("dense_logits",)
 class CacheLayout:
     """What is stored per view and teacher, and at which resolution."""
 
-    feature_grid: int = DEFAULT_FEATURE_GRID  # decoder feature average-pooled to G x G (L_R)
+    # decoder feature average-pooled to each G x G (the region loss's Hv x Wv), cells concatenated
+    feature_grids: tuple[int, ...] = DEFAULT_FEATURE_GRIDS
     logit_stride: int = DEFAULT_LOGIT_STRIDE  # logits average-pooled over cells of this side (L_I)
     dense_logits: bool = False  # classifier output at stride 4 (KD/CWD soft targets)
+
+    @classmethod
+    def from_dict(cls, layout: dict) -> CacheLayout:
+        return cls(**{**layout, "feature_grids": tuple(layout["feature_grids"])})
+
+    def grid_feature(self, feature: torch.Tensor, grid: int) -> torch.Tensor:
+        """The B x C x grid x grid map out of the concatenated pooled cells ``feature`` (B x C x cells)."""
+        offset = sum(size * size for size in self.feature_grids[:self.feature_grids.index(grid)])
+        return feature[:, :, offset:offset + grid * grid].unflatten(2, (grid, grid))
 
     def fields(self, crop: int, num_classes: int) -> dict[str, tuple[str, tuple[int, ...]]]:
         """Field name -> (numpy dtype, shape of one view) at a square ``crop``."""
@@ -77,11 +88,10 @@ class CacheLayout:
             raise ConfigError(f"{num_classes} classes do not fit the cache's uint8 class maps (at most 256)")
         feature_side = math.ceil(crop / DECODER_STRIDE)
         logit_side = math.ceil(crop / self.logit_stride)
-        grid = min(self.feature_grid, feature_side)
         fields = {
             "argmax": ("uint8", (crop, crop)),
             "logits": ("float16", (num_classes, logit_side, logit_side)),
-            "feature": ("float16", (HEAD_CHANNELS, grid, grid)),
+            "feature": ("float16", (HEAD_CHANNELS, sum(grid * grid for grid in self.feature_grids))),
             "thumbnail": ("float32", (3, THUMBNAIL_SIZE, THUMBNAIL_SIZE)),
         }
         if self.dense_logits:
@@ -101,7 +111,7 @@ class ViewTargets:
     thumbnail: torch.Tensor  # B x 3 x 4 x 4: the input crops, pooled (replay check)
     argmax: torch.Tensor | None = None  # B x H x W: argmax of the full-resolution logits
     logits: torch.Tensor | None = None  # B x N x h x w: logits pooled over logit_stride cells
-    feature: torch.Tensor | None = None  # B x 256 x G x G: decoder feature pooled
+    feature: torch.Tensor | None = None  # B x 256 x cells: decoder feature pooled to each grid
     dense_logits: torch.Tensor | None = None  # B x N x H/4 x W/4: classifier output, not upsampled
 
     def split(self, sizes: list[int]) -> list[ViewTargets]:
@@ -109,10 +119,12 @@ class ViewTargets:
                  for name, value in vars(self).items()}
         return [ViewTargets(**{name: part[index] for name, part in parts.items()}) for index in range(len(sizes))]
 
-    def for_losses(self) -> ViewTargets:
-        """Class maps as int64 and maps as fp32, the dtypes the losses take."""
+    def for_losses(self, layout: CacheLayout, grid: int | None) -> ViewTargets:
+        """Class maps as int64, maps as fp32 (the dtypes the losses take), the feature pooled to ``grid``."""
         converted = {name: None if value is None else value.long() if name == "argmax" else value.float()
                      for name, value in vars(self).items()}
+        if converted["feature"] is not None:
+            converted["feature"] = layout.grid_feature(converted["feature"], grid)
         return ViewTargets(**converted)
 
 
@@ -132,7 +144,9 @@ def reduce_outputs(model: nn.Module, images: torch.Tensor, layout: CacheLayout, 
     if "logits" in fields:
         values["logits"] = F.adaptive_avg_pool2d(output.logits, shapes["logits"][1][1:]).half()
     if "feature" in fields:
-        values["feature"] = F.adaptive_avg_pool2d(output.feature, shapes["feature"][1][1:]).half()
+        # pooled straight from the full feature, as the region loss pools it: exact on an un-mixed view
+        pooled = [F.adaptive_avg_pool2d(output.feature, grid).flatten(2) for grid in layout.feature_grids]
+        values["feature"] = torch.cat(pooled, dim=2).half()
     if "dense_logits" in fields:
         values["dense_logits"] = model.classifier(output.feature).half()
     return ViewTargets(**values)
@@ -245,7 +259,7 @@ class TeacherCache:
         self.root = Path(root)
         self.manifest = manifest
         self.views = ViewReplay(**manifest["views"])
-        self.layout = CacheLayout(**manifest["layout"])
+        self.layout = CacheLayout.from_dict(manifest["layout"])
 
     @classmethod
     def open(cls, root: str | Path) -> TeacherCache:
@@ -311,7 +325,7 @@ class TeacherCache:
 
 # -- writing ---------------------------------------------------------------------------------------
 def cache_plan(cfg: dict):
-    """(objective class, method params, [(name, model path, config key)]) of a config, checked for caching."""
+    """(method params, [(name, model path, config key)]) of a config, checked for caching."""
     from mgd.train.config import method_params
     from mgd.train.objectives import objective_class
     from mgd.train.objectives.distill import TeacherDistillation, check_cacheable, teacher_entries
@@ -321,7 +335,7 @@ def cache_plan(cfg: dict):
         raise ConfigError(f"config key method.name: method {objective_cls.name!r} has no teachers to cache")
     params = method_params(cfg, objective_cls.defaults)
     check_cacheable(objective_cls, params)
-    return objective_cls, params, teacher_entries(params)
+    return params, teacher_entries(params, objective_cls.name)
 
 
 def new_manifest(cfg: dict, split, ids: list[str], views: ViewReplay, layout: CacheLayout, num_classes: int) -> dict:
@@ -338,6 +352,7 @@ def check_options(cache: TeacherCache, views: int | None, view_seed: int | None,
     """StaleCacheError when an option given to resume or extend a cache contradicts its manifest."""
     given = {"views": views, "view_seed": view_seed, **layout_options}
     recorded = {"views": cache.views.count, "view_seed": cache.views.seed, **asdict(cache.layout)}
+    given = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
     for name, value in given.items():
         if value is not None and value != recorded[name]:
             raise StaleCacheError(f"stale cache: teacher cache {cache.root} holds {name} {recorded[name]}, not {value}; "
@@ -355,7 +370,7 @@ def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = Non
     from mgd.train.data import AugmentedViews
     from mgd.train.loop import select_device
 
-    _, params, teachers = cache_plan(cfg)
+    params, teachers = cache_plan(cfg)
     layout_options = {name: value for name, value in (layout_options or {}).items() if value is not None}
     root = Path(params["teacher_cache"])
     hashes = {name: weights_hash(path, key) for name, path, key in teachers}
@@ -446,8 +461,7 @@ def check_cache(cfg: dict, batches: int) -> dict:
     from mgd.train.loop import Trainer
     from mgd.train.objectives.distill import targets_from_views
 
-    objective_cls, params, teachers = cache_plan(cfg)
-    grid = params.get("grid", 7)
+    params, teachers = cache_plan(cfg)
     with tempfile.TemporaryDirectory(prefix="mgd-cache-check-") as scratch:
         online = copy.deepcopy(cfg)
         online.update(output_dir=scratch)
@@ -455,6 +469,8 @@ def check_cache(cfg: dict, batches: int) -> dict:
         trainer = Trainer(online)
         objective = trainer.objective
         objective.set_modes()
+        layout = objective.cache.layout
+        grid = params["grid"] if params.get("grid") in layout.feature_grids else layout.feature_grids[0]
         stores = {name: objective.cache.store(path, key, trainer.num_classes) for name, path, key in teachers}
         stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         with torch.no_grad():
@@ -463,7 +479,7 @@ def check_cache(cfg: dict, batches: int) -> dict:
                 crops = torch.cat([images for images, _ in groups])
                 everything = torch.cat([crops, batch.mixed_image()])
                 for name in objective.teacher_names:
-                    views = [stores[name].read(keys, images, MGD_FIELDS).for_losses() for images, keys in groups]
+                    views = [stores[name].read(keys, images, MGD_FIELDS).for_losses(layout, grid) for images, keys in groups]
                     output = objective.teacher(name)(everything)
                     logits, mixed_logits = output.logits.split([crops.shape[0], batch.unlabeled[0].image.shape[0]])
                     feature, mixed_feature = output.feature.split([crops.shape[0], batch.unlabeled[0].image.shape[0]])
@@ -482,7 +498,7 @@ def check_cache(cfg: dict, batches: int) -> dict:
                         relative_error(targets.mixed_logits.mean((2, 3)), mixed_logits.mean((2, 3))))
                     mixed["self_similarity_rel_error"].append(
                         relative_error(self_similarity(targets.mixed_feature, grid), self_similarity(mixed_feature, grid)))
-    report = {"cache": str(objective.cache.root), "batches": batches, "grid": grid, "layout": asdict(objective.cache.layout)}
+    report = {"cache": str(objective.cache.root), "batches": batches, "grid": grid, "layout": asdict(layout)}
     for group, metrics in stats.items():
         kind, name = group.split("/")
         report.setdefault(kind, {})[name] = {
@@ -494,36 +510,44 @@ def check_cache(cfg: dict, batches: int) -> dict:
 
 
 # -- sizes -------------------------------------------------------------------------------------------
-def size_report(layout: CacheLayout, views: int, cache: TeacherCache | None = None) -> tuple[str, dict]:
-    """Bytes per view and projected sizes at the paper's settings (text, and the same as a dict)."""
-    lines, rows = [], []
-    settings = list(PAPER_SETTINGS)
+def size_report(layout: CacheLayout, views: int, cache: TeacherCache | None = None) -> tuple[str, list[dict]]:
+    """Bytes per view and projected sizes at the paper's settings, without and with the dense
+    logits of KD/CWD (text, and the same rows for JSON); ``cache`` adds a row for that cache."""
+    settings = [(name, images, crop, classes, PAPER_TEACHERS) for name, images, crop, classes in PAPER_SETTINGS]
     if cache is not None:
-        preprocessing = cache.manifest["preprocessing"]
-        settings.insert(0, (f"this cache ({cache.root})", len(cache.ids), preprocessing["crop_size"],
-                            cache.manifest["num_classes"]))
-    for dense in sorted({False, layout.dense_logits}):
-        variant = CacheLayout(layout.feature_grid, layout.logit_stride, dense)
-        for name, images, crop, num_classes in settings:
-            per_field = variant.bytes_per_view(crop, num_classes)
-            teachers = len(cache.manifest["teachers"]) if cache is not None and name.startswith("this") else PAPER_TEACHERS
-            per_view = sum(per_field.values()) * teachers
-            rows.append({"setting": name, "images": images, "crop": crop, "classes": num_classes, "views": views,
-                         "teachers": teachers, "dense_logits": dense, "bytes_per_view_per_teacher": per_field,
-                         "bytes_per_view": per_view, "total_bytes": per_view * images * views})
-    lines.append(f"layout: feature grid {layout.feature_grid}, logits pooled over {layout.logit_stride} px cells, "
-                 f"{views} views per image; bytes per view count every teacher")
-    lines.append(f"{'setting':<40} {'crop':>5} {'N':>3} {'teachers':>8} {'dense':>5} {'bytes/view':>11} {'total':>10}")
+        settings.insert(0, ("this cache", len(cache.ids), cache.manifest["preprocessing"]["crop_size"],
+                            cache.manifest["num_classes"], len(cache.manifest["teachers"])))
+    dense_layout = CacheLayout(layout.feature_grids, layout.logit_stride, dense_logits=True)
+    rows = []
+    for name, images, crop, classes, teachers in settings:
+        per_field = dense_layout.bytes_per_view(crop, classes)
+        mgd_bytes = sum(size for field, size in per_field.items() if field not in DENSE_FIELDS)
+        rows.append({"setting": name, "images": images, "crop": crop, "classes": classes, "views": views,
+                     "teachers": teachers, "bytes_per_teacher_view": per_field,
+                     "bytes_per_view": mgd_bytes * teachers, "total_bytes": mgd_bytes * teachers * images * views,
+                     "bytes_per_view_dense": sum(per_field.values()) * teachers,
+                     "total_bytes_dense": sum(per_field.values()) * teachers * images * views})
+    field_names = list(rows[0]["bytes_per_teacher_view"])
+    grids = ", ".join(f"{grid} x {grid}" for grid in layout.feature_grids)
+    lines = [f"teacher cache sizes: {views} views per image, decoder feature pooled to {grids}, "
+             f"logits pooled over {layout.logit_stride}-pixel cells",
+             "bytes per teacher and view:",
+             f"  {'setting':<12} {'crop':>5} {'N':>3} " + " ".join(f"{field:>12}" for field in field_names)]
     for row in rows:
-        lines.append(f"{row['setting']:<40} {row['crop']:>5} {row['classes']:>3} {row['teachers']:>8} "
-                     f"{'yes' if row['dense_logits'] else 'no':>5} {row['bytes_per_view']:>11,} "
-                     f"{row['total_bytes'] / 2**30:>8.2f} GiB")
-    fields_line = ", ".join(f"{name} {size:,}" for name, size in rows[-1]["bytes_per_view_per_teacher"].items())
-    lines.append(f"per teacher and view ({rows[-1]['setting']}): {fields_line} bytes")
+        lines.append(f"  {row['setting']:<12} {row['crop']:>5} {row['classes']:>3} "
+                     + " ".join(f"{row['bytes_per_teacher_view'][field]:>12,}" for field in field_names))
+    lines += ["all teachers (MGD: every field but dense_logits; KD/CWD: + dense_logits):",
+              f"  {'setting':<12} {'images':>7} {'teachers':>8} {'bytes/view MGD':>15} {'total MGD':>11} "
+              f"{'bytes/view +dense':>18} {'total +dense':>13}"]
+    for row in rows:
+        lines.append(f"  {row['setting']:<12} {row['images']:>7,} {row['teachers']:>8} {row['bytes_per_view']:>15,} "
+                     f"{row['total_bytes'] / 2**30:>7.2f} GiB {row['bytes_per_view_dense']:>18,} "
+                     f"{row['total_bytes_dense'] / 2**30:>9.2f} GiB")
     if cache is not None:
         on_disk = sum(path.stat().st_size for path in cache.root.rglob("*.npy"))
-        lines.append(f"on disk in {cache.root}: {on_disk / 2**20:.1f} MiB")
-    return "\n".join(lines), {"rows": rows}
+        dense = "with" if cache.layout.dense_logits else "without"
+        lines.append(f"this cache ({cache.root}, {dense} dense_logits) takes {on_disk / 2**20:.1f} MiB on disk")
+    return "\n".join(lines), rows
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -534,7 +558,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key (dotted path, YAML value); repeatable")
     parser.add_argument("--views", type=int, help=f"augmented views cached per image (new cache: {DEFAULT_VIEWS})")
     parser.add_argument("--view-seed", type=int, help="seed of the views (new cache: 0)")
-    parser.add_argument("--feature-grid", type=int, help=f"decoder feature pooled to G x G (new cache: {DEFAULT_FEATURE_GRID})")
+    parser.add_argument("--feature-grids", type=int, nargs="+", metavar="G",
+                        help="decoder feature pooled to each G x G, the Hv x Wv of the region loss "
+                             f"(new cache: {' '.join(map(str, DEFAULT_FEATURE_GRIDS))})")
     parser.add_argument("--logit-stride", type=int,
                         help=f"logits pooled over cells of this many pixels (new cache: {DEFAULT_LOGIT_STRIDE})")
     parser.add_argument("--dense-logits", action="store_true", default=None,
@@ -552,16 +578,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from mgd.train.config import load_config
 
-    for name in ("views", "feature_grid", "logit_stride", "batch_size", "check"):
+    for name in ("views", "feature_grids", "logit_stride", "batch_size", "check"):
         value = getattr(args, name)
-        if value is not None and value < 1:
+        if value is not None and min(value if isinstance(value, list) else [value]) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: {value} is not a positive integer")
-    layout_options = {"feature_grid": args.feature_grid, "logit_stride": args.logit_stride, "dense_logits": args.dense_logits}
+    feature_grids = tuple(dict.fromkeys(args.feature_grids)) if args.feature_grids else None
+    layout_options = {"feature_grids": feature_grids, "logit_stride": args.logit_stride, "dense_logits": args.dense_logits}
     cfg = load_config(args.config, args.overrides) if args.config else None
     if args.report:
         cache = None
         if cfg is not None:
-            root = Path(cache_plan(cfg)[1]["teacher_cache"])
+            root = Path(cache_plan(cfg)[0]["teacher_cache"])
             cache = TeacherCache.open(root) if (root / MANIFEST_NAME).is_file() else None
         if cache is not None:
             check_options(cache, args.views, args.view_seed, layout_options)
@@ -570,7 +597,7 @@ def main(args: argparse.Namespace) -> int:
             layout = CacheLayout(**{name: value for name, value in layout_options.items() if value is not None})
             views = args.views or DEFAULT_VIEWS
         text, rows = size_report(layout, views, cache)
-        print(json.dumps(rows, indent=2) if args.json else text)
+        print(json.dumps({"layout": asdict(layout), "views": views, "rows": rows}, indent=2) if args.json else text)
         return 0
     if cfg is None:
         raise ConfigError("--config: the distillation config is needed (only --report works without it)")

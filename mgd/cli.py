@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mgd.evaluate", "mIoU / per-class IoU of a model on a dataset split"),
     "predict": ("mgd.predict", "colour-coded masks for a folder of images"),
     "train": ("mgd.train.cli", "train a model with one method (sup, mt, cps, kd, cwd, skt, mgd)"),
+    "report": ("mgd.report", "tables (CSV, Markdown beside the paper) and figures from metrics files"),
+    "cache": ("mgd.cache", "cache the teachers' outputs on fixed augmented views for distillation runs"),
 }
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 
@@ -183,7 +182,7 @@ class TrainBatch:
 
     def mixed_image(self) -> torch.Tensor:
         first, second = self.unlabeled
-        return first.image * (1 - self.cutmix_mask) + second.image * self.cutmix_mask
+        return self.mix_maps(first.image, second.image)
 
     def mix_labels(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """CutMix two B x H x W label maps of the unlabeled views (padding -> 255)."""

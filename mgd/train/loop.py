@@ -200,7 +200,7 @@ class Trainer:
             seed=self.cfg["seed"], start_iteration=self.start_iteration, rank=self.rank,
             world_size=self.world_size, num_workers=data_cfg["num_workers"], pin_memory=self.device.type == "cuda",
             # the views of a teacher cache, for the distillation objectives that use one
-            replay=getattr(self.objective, "view_replay", None),
+            replay=self.objective.view_replay,
         )
         labeled = stream_loader(self.labeled, transform, True, data_cfg["batch_labeled"], stream="labeled", **common)
         unlabeled = [

@@ -23,6 +23,8 @@ class Objective(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     #: 0 (labeled only), or 2 (two independently seeded unlabeled streams mixed by CutMix)
     unlabeled_streams: ClassVar[int] = 0
+    #: cached-view replay (mgd.cache) the streams must draw from, or None for fresh augmentations
+    view_replay = None
 
     def __init__(self, cfg: dict, params: dict[str, Any], num_classes: int, device: torch.device):
         self.cfg = cfg

@@ -1,22 +1,30 @@
 """Distillation objectives with frozen CPS teachers: MGD and the KD, CWD and SKT baselines.
 
 The student runs once per step on the labeled crops concatenated with the CutMix-mixed unlabeled
-image; every teacher runs once, without gradients, on the labeled crops, the two un-mixed
-unlabeled views and the mixed image. Targets (as in the public MGD code):
-- pixel-level targets on unlabeled data are the box-mask mix of each teacher's argmax on the two
-  un-mixed views (crop padding ignored);
-- image-level (L_I) and region-level (L_R) targets, and the KD/CWD/SKT targets, are the
-  teachers' outputs on the mixed image itself.
+image. Teacher targets come in one of two forms (method parameter ``mixed_targets``):
+- ``teacher`` (the online default, as in the public MGD code): every teacher runs once, without
+  gradients, on the labeled crops, the two un-mixed unlabeled views and the mixed image. Pixel-level
+  targets on unlabeled data are the box-mask mix of each teacher's argmax on the two un-mixed views
+  (crop padding ignored); image-level (L_I) and region-level (L_R) targets, and the KD/CWD/SKT
+  targets, are the teachers' outputs on the mixed image itself.
+- ``views`` (what a teacher cache serves, docs/cache.md): the teachers' outputs on the labeled
+  crops and the two un-mixed views only, in the cache's storage form (``mgd.cache.ViewTargets``),
+  read from the cache (``teacher_source: cache``) or computed online. Targets on the mixed image
+  are box-mask mixes of the two views' outputs: the argmax maps (as above), the pooled logits (L_I),
+  the pooled decoder features (L_R) and the upsampled stride-4 logits (KD/CWD).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mgd.errors import ConfigError
+from mgd.cache import DENSE_FIELDS, MGD_FIELDS, CacheLayout, TeacherCache, ViewTargets, reduce_outputs
+from mgd.errors import ConfigError, StaleCacheError
 from mgd.losses import (
     cwd_loss,
     image_level_loss,
@@ -27,6 +35,7 @@ from mgd.losses import (
     skt_intra_layer_loss,
 )
 from mgd.models import load_model
+from mgd.splits import read_split
 from mgd.train.data import TrainBatch
 from mgd.train.objectives.base import Objective
 from mgd.train.objectives.semi import SUPERVISED_DEFAULTS, split_outputs, supervised_loss
@@ -36,7 +45,20 @@ TEACHER_DEFAULTS = {
     "teachers": [],
     # "eval": running statistics (clean); "train": batch statistics, as the public code does
     "teacher_bn": "eval",
+    # "online": the teachers run every step; "cache": their outputs are read from teacher_cache
+    # and no teacher is built or loaded
+    "teacher_source": "online",
+    # folder written by `mgd cache`; with teacher_source "online" the run replays the cache's views
+    # with live teachers (the online reference of a cached run)
+    "teacher_cache": None,
 }
+MIXED_TARGET_DEFAULTS = {
+    # targets on the CutMix image: "teacher" (the teacher run on it) or "views" (mixes of its outputs
+    # on the two un-mixed views); None: "teacher" online, "views" with teacher_source "cache"
+    "mixed_targets": None,
+}
+TEACHER_SOURCES = ("online", "cache")
+MIXED_TARGETS = ("teacher", "views")
 
 
 @dataclass
@@ -55,32 +77,113 @@ def use_batch_statistics(model: nn.Module) -> None:
             module.track_running_stats = False  # batch statistics; buffers stay as loaded
 
 
+def teacher_entries(params: dict, method: str) -> list[tuple[str, str, str]]:
+    """(name, model path, config key) of each configured teacher, checked."""
+    entries = []
+    for index, entry in enumerate(params["teachers"]):
+        key = f"method.teachers[{index}]"
+        if not isinstance(entry, dict) or set(entry) != {"name", "model"}:
+            raise ConfigError(f"config key {key}: expected a mapping with keys 'name' and 'model', got {entry!r}")
+        if entry["name"] in [name for name, _, _ in entries]:
+            raise ConfigError(f"config key {key}: teacher name {entry['name']!r} is used twice")
+        entries.append((entry["name"], entry["model"], key))
+    if not entries:
+        raise ConfigError(f"config key method.teachers: method {method!r} needs at least one teacher")
+    return entries
+
+
+def check_cacheable(objective_cls: type[TeacherDistillation], params: dict) -> None:
+    """ConfigError unless a teacher cache can serve this method with these parameters."""
+    if objective_cls.uncacheable is not None:
+        raise ConfigError(f"config key method.teacher_source: {objective_cls.uncacheable}")
+    if params["teacher_cache"] is None:
+        raise ConfigError("config key method.teacher_cache: the folder written by `mgd cache` is needed")
+    if params["teacher_bn"] != "eval":
+        raise ConfigError("config key method.teacher_bn: 'train' normalises with each step's batch statistics, "
+                          "which a cache cannot hold; use 'eval'")
+
+
+def targets_from_views(batch: TrainBatch, views: list[ViewTargets], dense: bool) -> TeacherOutputs:
+    """A teacher's targets from its outputs on the labeled crops and (optionally) the two un-mixed
+    views (``ViewTargets.for_losses``): hard labels and pooled maps, or with ``dense`` the logits."""
+    crop = batch.labeled_image.shape[-2:]
+
+    def upsampled(view: ViewTargets) -> torch.Tensor:
+        # the full-resolution logits, made exactly as the model's forward makes them
+        return F.interpolate(view.dense_logits, size=crop, mode="bilinear", align_corners=False)
+
+    labeled = upsampled(views[0]) if dense else views[0].argmax
+    if len(views) == 1:
+        return TeacherOutputs(labeled, None, None, None)
+    first, second = views[1:]
+    if dense:
+        return TeacherOutputs(labeled, None, batch.mix_maps(upsampled(first), upsampled(second)), None)
+    # The image-level loss only takes the spatial mean of the teacher's logits: a constant map of the
+    # mixed mean (a stride-0 view at crop size) gives it exactly without any memory.
+    mixed_mean = batch.mix_maps(first.logits, second.logits).mean((2, 3), keepdim=True)
+    return TeacherOutputs(
+        labeled,
+        batch.mix_labels(first.argmax, second.argmax),
+        mixed_mean.expand(-1, -1, *batch.unlabeled[0].image.shape[-2:]),
+        batch.mix_maps(first.feature, second.feature),
+    )
+
+
 class TeacherDistillation(Objective):
-    """Base of the distillation objectives: loads, checks and runs the frozen teachers."""
+    """Base of the distillation objectives: the frozen teachers, run online or read from a cache."""
 
     unlabeled_streams = 2
+    #: why a teacher cache cannot serve the method (None: it can)
+    uncacheable: ClassVar[str | None] = None
+    #: the cached fields the method's targets are made of (with mixed_targets "views")
+    view_fields: ClassVar[tuple[str, ...]] = MGD_FIELDS
 
     def __init__(self, cfg, params, num_classes, device):
         super().__init__(cfg, params, num_classes, device)
         if params["teacher_bn"] not in ("eval", "train"):
             raise ConfigError(f"config key method.teacher_bn: {params['teacher_bn']!r} is not 'eval' or 'train'")
-        self.teacher_names = []
-        for index, entry in enumerate(params["teachers"]):
-            key = f"method.teachers[{index}]"
-            if not isinstance(entry, dict) or set(entry) != {"name", "model"}:
-                raise ConfigError(f"config key {key}: expected a mapping with keys 'name' and 'model', got {entry!r}")
-            teacher = load_model(entry["model"])
+        if params["teacher_source"] not in TEACHER_SOURCES:
+            raise ConfigError(f"config key method.teacher_source: {params['teacher_source']!r} is not 'online' or 'cache'")
+        entries = teacher_entries(params, self.name)
+        self.teacher_names = [name for name, _, _ in entries]
+        from_cache = params["teacher_source"] == "cache"
+        if from_cache:
+            check_cacheable(type(self), params)
+        # SKT has no mixed_targets parameter: its targets are always the teacher's on the mixed image.
+        self.mixed_targets = params.get("mixed_targets") or ("views" if from_cache else "teacher")
+        if self.mixed_targets not in MIXED_TARGETS:
+            raise ConfigError(f"config key method.mixed_targets: {self.mixed_targets!r} is not 'teacher' or 'views'")
+        if from_cache and self.mixed_targets != "views":
+            raise ConfigError("config key method.mixed_targets: a teacher cache holds no outputs on the mixed image; "
+                              "use 'views' (or leave it out)")
+        #: Hv = Wv of the pooled teacher features the method uses (MGD's region loss)
+        self.feature_grid = None
+        #: the cache's views, replayed by the loop's streams (None: fresh augmentations)
+        self.view_replay = None
+        self.cache = None
+        self.layout = CacheLayout()
+        if params["teacher_cache"] is not None:
+            self.cache = TeacherCache.open(params["teacher_cache"])
+            self.cache.check_run(read_split(cfg["data"]["split"]), cfg["data"])
+            self.view_replay, self.layout = self.cache.views, self.cache.layout
+        #: cached outputs by teacher name (teacher_source "cache"); teachers are loaded otherwise
+        self.stores = {}
+        for name, path, key in entries:
+            if from_cache:
+                self.stores[name] = self.cache.store(path, key, num_classes)
+                continue
+            teacher = load_model(path)
             if teacher.num_classes != num_classes:
                 raise ConfigError(
-                    f"config key {key}: teacher {entry['model']} predicts {teacher.num_classes} classes, "
-                    f"the dataset has {num_classes}"
+                    f"config key {key}: teacher {path} predicts {teacher.num_classes} classes, the dataset has {num_classes}"
                 )
-            if entry["name"] in self.teacher_names:
-                raise ConfigError(f"config key {key}: teacher name {entry['name']!r} is used twice")
-            self.teacher_names.append(entry["name"])
-            self.frozen[f"teacher_{entry['name']}"] = teacher
-        if not self.teacher_names:
-            raise ConfigError(f"config key method.teachers: method {self.name!r} needs at least one teacher")
+            self.frozen[f"teacher_{name}"] = teacher
+        missing = set(self.view_fields) - set(self.cache.fields(num_classes)) if from_cache else set()
+        if missing:
+            raise StaleCacheError(
+                f"stale cache: teacher cache {self.cache.root} has no {', '.join(sorted(missing))}, which {self.name} "
+                "needs; write one with `mgd cache --dense-logits` into another method.teacher_cache folder"
+            )
         self.trainable["student"] = self.build_student(cfg["seed"])
 
     def set_modes(self) -> None:
@@ -101,6 +204,25 @@ class TeacherDistillation(Objective):
                 )
             names.append(self.teacher_names[index])
         return names
+
+    def teacher_targets(self, name: str, batch: TrainBatch, unlabeled: bool) -> TeacherOutputs:
+        """The targets of teacher ``name`` for this step, in the form ``mixed_targets`` chooses."""
+        if self.mixed_targets == "teacher":
+            return self.run_teacher(name, batch, unlabeled)
+        return targets_from_views(batch, self.view_targets(name, batch, unlabeled), dense=self.view_fields == DENSE_FIELDS)
+
+    @torch.no_grad()
+    def view_targets(self, name: str, batch: TrainBatch, unlabeled: bool) -> list[ViewTargets]:
+        """Teacher ``name``'s outputs on the labeled crops (and the two un-mixed views), read from
+        the cache or computed, in the same storage form either way."""
+        groups = batch.view_groups(unlabeled)
+        if name in self.stores:
+            views = [self.stores[name].read(keys, images, self.view_fields) for images, keys in groups]
+        else:
+            crops = torch.cat([images for images, _ in groups])
+            views = reduce_outputs(self.teacher(name), crops, self.layout, self.view_fields).split(
+                [images.shape[0] for images, _ in groups])
+        return [view.for_losses(self.layout, self.feature_grid) for view in views]
 
     @torch.no_grad()
     def run_teacher(self, name: str, batch: TrainBatch, unlabeled: bool) -> TeacherOutputs:
@@ -136,6 +258,7 @@ class MultiGranularityDistillation(TeacherDistillation):
     defaults = {
         **SUPERVISED_DEFAULTS,
         **TEACHER_DEFAULTS,
+        **MIXED_TARGET_DEFAULTS,
         "supervised": True,  # L_sup
         "pixel_labeled": True,  # L_P^l
         "pixel_unlabeled": True,  # L_P^u
@@ -155,6 +278,13 @@ class MultiGranularityDistillation(TeacherDistillation):
             raise ConfigError(f"config key method.image_reduction: {params['image_reduction']!r} is not 'sum' or 'mean'")
         if not isinstance(params["grid"], int) or params["grid"] < 1:
             raise ConfigError(f"config key method.grid: {params['grid']!r} is not a positive integer")
+        self.feature_grid = params["grid"]
+        if self.mixed_targets == "views" and self.region_teachers and params["grid"] not in self.layout.feature_grids:
+            raise ConfigError(
+                f"config key method.grid: {params['grid']} x {params['grid']} teacher features are not among the pooled "
+                f"ones mixed_targets 'views' uses ({', '.join(map(str, self.layout.feature_grids))}; "
+                "mgd cache --feature-grids)"
+            )
         self.uses_unlabeled = bool(params["pixel_unlabeled"] or self.image_teachers or self.region_teachers)
 
     def losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -169,7 +299,7 @@ class MultiGranularityDistillation(TeacherDistillation):
         if params["supervised"]:
             terms["sup"] = supervised_loss(labeled_logits, batch.labeled_mask, params)
         for name in self.teacher_names:
-            targets = self.run_teacher(name, batch, self.uses_unlabeled)
+            targets = self.teacher_targets(name, batch, self.uses_unlabeled)
             if params["pixel_labeled"]:
                 terms[f"pixel_labeled_{name}"] = pixel_consistency_loss(labeled_logits, targets.labeled)
             if params["pixel_unlabeled"]:
@@ -190,7 +320,9 @@ class MultiGranularityDistillation(TeacherDistillation):
 class LogitDistillation(TeacherDistillation):
     """KD or CWD on the labeled crops and the mixed unlabeled image, plus L_sup, from every teacher."""
 
-    defaults = {**SUPERVISED_DEFAULTS, **TEACHER_DEFAULTS, "temperature": 1.0, "distill_weight": 1.0}
+    defaults = {**SUPERVISED_DEFAULTS, **TEACHER_DEFAULTS, **MIXED_TARGET_DEFAULTS, "temperature": 1.0,
+                "distill_weight": 1.0}
+    view_fields = DENSE_FIELDS
     loss_function = staticmethod(kd_loss)
 
     def losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -199,7 +331,7 @@ class LogitDistillation(TeacherDistillation):
         terms = {"sup": supervised_loss(labeled_logits, batch.labeled_mask, self.params)}
         weight, temperature = self.params["distill_weight"], self.params["temperature"]
         for name in self.teacher_names:
-            targets = self.run_teacher(name, batch, unlabeled=True)
+            targets = self.teacher_targets(name, batch, unlabeled=True)
             terms[f"{self.name}_labeled_{name}"] = weight * self.loss_function(labeled_logits, targets.labeled, temperature)
             terms[f"{self.name}_unlabeled_{name}"] = weight * self.loss_function(mixed_logits, targets.mixed_logits, temperature)
         return terms
@@ -253,6 +385,10 @@ class StructuredKnowledgeTransfer(TeacherDistillation):
 
     name = "skt"
     defaults = {**SUPERVISED_DEFAULTS, **TEACHER_DEFAULTS, "intra_weight": 1.0, "inter_weight": 1.0}
+    uncacheable = (
+        "skt distils the teacher's backbone stage features on the mixed image (about 16 MiB per 512 x 512 view in "
+        "fp16 for ResNet-101), too large to cache; use teacher_source: online"
+    )
 
     def __init__(self, cfg, params, num_classes, device):
         super().__init__(cfg, params, num_classes, device)

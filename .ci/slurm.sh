@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# CI: run part of the smoke DAG through profiles/slurm on a real single-node SLURM on localhost.
+#
+# Installs slurm-wlm and munge with apt (root, no systemd), writes a one-node slurm.conf, starts
+# munged, slurmctld and slurmd, runs a small smoke target with the slurm executor
+# (snakemake-executor-plugin-slurm) to completion, checks that its jobs went through sbatch, and
+# stops the daemons it started (by pid) whatever happens.
+#
+#   .ci/slurm.sh [TARGET...]       default target: the Sup ResNet-18 run of the smoke config,
+#                                  with its split, dataset and evaluation (a few SLURM jobs)
+# Environment: MGD_SLURM_RESULTS (default results/slurm-ci), SKIP_APT=1 (slurm already installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RESULTS="${MGD_SLURM_RESULTS:-results/slurm-ci}"
+TARGETS=("$@")
+if [ ${#TARGETS[@]} -eq 0 ]; then
+    TARGETS=("$RESULTS/synA/runs/ratio/1-4/sup_resnet18d/metrics.json"
+             "$RESULTS/synA/runs/ratio/1-4/cps_mobilenetv2_100/metrics.json")
+fi
+export OMP_NUM_THREADS=1
+STATE="$(mktemp -d /tmp/mgd-slurm-ci.XXXXXX)"
+PIDS=()
+
+log() { echo "[slurm.sh] $*" >&2; }
+
+stop_daemons() {
+    local status=$?
+    set +e
+    for pid in "${PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            log "stopping pid $pid"
+            kill "$pid"
+        fi
+    done
+    sleep 1
+    for pid in "${PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    done
+    rm -rf "$STATE"
+    exit "$status"
+}
+trap stop_daemons EXIT
+trap "exit 130" INT TERM
+
+# -- install ----------------------------------------------------------------------------------
+if [ "${SKIP_APT:-0}" != "1" ] || ! command -v slurmctld >/dev/null; then
+    log "installing slurm-wlm and munge"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq slurm-wlm munge >/dev/null
+fi
+
+# -- munge --------------------------------------------------------------------------------------
+mkdir -p /run/munge /var/log/munge /var/lib/munge /etc/munge
+chown munge:munge /run/munge /var/log/munge /var/lib/munge
+if [ ! -s /etc/munge/munge.key ]; then
+    dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
+fi
+chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+    log "starting munged"
+    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+    sleep 1
+    PIDS+=("$(cat /run/munge/munged.pid)")
+fi
+munge -n | unmunge | grep -q "STATUS:.*Success"
+
+# -- slurm.conf ---------------------------------------------------------------------------------
+HOST="$(hostname -s)"
+CPUS="$(nproc)"
+FREE_MB="$(awk '/MemAvailable/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)"
+mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+cat > /etc/slurm/slurm.conf <<EOF
+ClusterName=mgdci
+SlurmctldHost=$HOST
+SlurmUser=root
+AuthType=auth/munge
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=$STATE/slurmctld.pid
+SlurmdPidFile=$STATE/slurmd.pid
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+MinJobAge=600
+SchedulerType=sched/backfill
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$FREE_MB State=UNKNOWN
+PartitionName=main Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+EOF
+
+# -- daemons ------------------------------------------------------------------------------------
+log "starting slurmctld and slurmd ($CPUS CPUs, ${FREE_MB} MB on $HOST)"
+/usr/sbin/slurmctld
+for _ in $(seq 50); do [ -s "$STATE/slurmctld.pid" ] && break; sleep 0.2; done
+PIDS+=("$(cat "$STATE/slurmctld.pid")")
+/usr/sbin/slurmd
+for _ in $(seq 50); do [ -s "$STATE/slurmd.pid" ] && break; sleep 0.2; done
+PIDS+=("$(cat "$STATE/slurmd.pid")")
+for _ in $(seq 60); do
+    sinfo -h -o "%T" 2>/dev/null | grep -qE "^idle" && break
+    sleep 1
+done
+sinfo
+srun -N1 -t 1 hostname
+
+# -- the workflow through the slurm profile -----------------------------------------------------
+# CI node has no GPUs: gpus_per_job=0 so no job asks SLURM for --gpus. The partition and
+# account are site settings (profiles/slurm leaves them to the user): given here on the command
+# line, as is squeue for job states (this SLURM has no accounting database for sacct).
+log "running ${TARGETS[*]} through profiles/slurm"
+start=$(date +%s)
+snakemake --profile profiles/slurm --configfile config/smoke.yaml \
+    --config gpus_per_job=0 results="$RESULTS" \
+    --slurm-no-account --default-resources slurm_partition=main mem_mb=2000 runtime=10 \
+    --jobs 2 --slurm-init-seconds-before-status-checks 1 --slurm-status-command squeue \
+    "${TARGETS[@]}" 2>&1 | tee "$STATE/snakemake.log"
+log "workflow finished in $(( $(date +%s) - start )) s"
+
+# -- checks: outputs exist and the jobs really went through sbatch ----------------------------
+for target in "${TARGETS[@]}"; do
+    test -s "$target" || { log "missing $target"; exit 1; }
+done
+submitted=$(grep -c "has been submitted with SLURM jobid" "$STATE/snakemake.log" || true)
+log "jobs submitted to SLURM by this run: $submitted"
+squeue -h -t all -o "%i %j %T %M" || true
+[ "$submitted" -ge 1 ] || { log "no job went through SLURM"; exit 1; }
+log "ok"

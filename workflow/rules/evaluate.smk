@@ -1,0 +1,50 @@
+# Evaluation of every run on its dataset's val split, and backbone complexity per dataset crop.
+#
+# With evaluate_in_training_job: true (the CPU-sized default and smoke configs) each training job
+# evaluates its model in the same Python process (workflow/scripts/mgd_chain.py: one torch/timm
+# import instead of two) and writes metrics.json itself; the evaluate rule is then not defined.
+
+if not EVAL_IN_TRAIN:
+
+    rule evaluate:
+        """mIoU of one run: metrics.json beside its model (the paper's protocol by default:
+        sliding window of the training crop, stride 2/3 window, single scale)."""
+        input:
+            model=f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/{{run}}/model.pt",
+            dataset=lambda wc: dataset_inputs(wc.ds),
+        output:
+            f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/{{run}}/metrics.json",
+        params:
+            launch=LAUNCH,
+            options=lambda wc: evaluate_options(wc.ds),
+            dataset_yaml=lambda wc: dataset_yaml(wc.ds),
+        log:
+            f"{RES}/logs/evaluate/{{ds}}/{{proto}}/{{part}}/{{run}}.log",
+        threads: THREADS["evaluate"]
+        resources:
+            gpu=GPUS,
+            mem_mb=dataset_resources("evaluate_mem_mb"),
+            runtime=dataset_resources("evaluate_runtime"),
+        conda:
+            CONDA_ENV
+        shell:
+            "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
+            "{params.launch} --gpus {resources.gpu} -- mgd evaluate --model {input.model} "
+            "--dataset-config {params.dataset_yaml} --split val {params.options} --out {output} > {log} 2>&1"
+
+
+rule complexity:
+    """Backbone parameters and GMACs at the dataset's crop (the paper's Params/FLOPs columns)."""
+    output:
+        f"{RES}/{{ds}}/complexity/{{backbone}}.json",
+    params:
+        size=lambda wc: config["datasets"][wc.ds]["train"]["crop_size"],
+    log:
+        f"{RES}/logs/complexity/{{ds}}/{{backbone}}.log",
+    localrule: True
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS=1 mgd complexity --backbone {wildcards.backbone} --size {params.size} --json "
+        "> {output} 2> {log}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+
 def _validate_config():
     """Schema check with a one-line message naming the key, then snakemake's validate (which
     also fills in the schema's defaults)."""
@@ -127,11 +128,12 @@ for _ds, _dcfg in config["datasets"].items():
         if "ids" in _pcfg and "import" not in _pcfg:
             config_error(f"datasets.{_ds}.protocols.{_proto}.ids", "only used with 'import'")
     _all_parts = {name for proto in _dcfg["protocols"] for name, _ in partitions(_ds, proto)}
-    for _role, _sched in [*_dcfg["teachers"].items(), *_dcfg["students"].items()]:
-        for _part in _sched.get("iterations_by_partition", {}):
-            if _part not in _all_parts:
-                config_error(f"datasets.{_ds} ({_role}).iterations_by_partition",
-                             f"{_part!r} is not a partition of any protocol ({sorted(_all_parts)})")
+    for _group in ("teachers", "students"):
+        for _role, _sched in _dcfg[_group].items():
+            for _part in _sched.get("iterations_by_partition", {}):
+                if _part not in _all_parts:
+                    config_error(f"datasets.{_ds}.{_group}.{_role}.iterations_by_partition",
+                                 f"{_part!r} is not a partition of any protocol ({sorted(_all_parts)})")
 
 TABLES = config["tables"]
 for _name in ("table1", "table2", "table3"):

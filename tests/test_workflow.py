@@ -1,5 +1,5 @@
-"""The Snakemake workflow: lint, dry-runs of the shipped configs, config validation, and the job
-launcher (GPU slots, checkpoint guard). Fast: no job runs (about 30 s in all)."""
+"""The Snakemake workflow: lint, dry-runs of the shipped configs, config validation, and `mgd job`
+(GPU slots, checkpoint guard, commands in one process). Fast: no training job runs."""
 
 from __future__ import annotations
 
@@ -114,44 +114,61 @@ def test_unknown_top_level_key_on_the_command_line(tmp_path):
     assert "bogus_key" in result.stdout + result.stderr
 
 
-# -- workflow/scripts/launch.py ----------------------------------------------------------------
-LAUNCH = REPO / "workflow" / "scripts" / "launch.py"
+# -- mgd job ------------------------------------------------------------------------------------
+def test_job_resumes_or_discards_the_checkpoint(tmp_path, capsys):
+    from mgd.job import guard_checkpoint
 
-
-def launch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(LAUNCH), *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
-
-
-def test_launch_resumes_or_discards_the_checkpoint(tmp_path):
     run_dir, config = tmp_path / "run", tmp_path / "config.yaml"
     config.write_text("a: 1\n")
-    run_dir.mkdir()
+    guard_checkpoint(run_dir, [str(config)])
     checkpoint = run_dir / "checkpoint.pt"
-    assert launch("--run-dir", str(run_dir), "--inputs", str(config), "--", "true").returncode == 0
     checkpoint.write_bytes(b"state")
     # same inputs (an interrupted job rerun): the checkpoint stays and is resumed
-    result = launch("--run-dir", str(run_dir), "--inputs", str(config), "--", "true")
-    assert result.returncode == 0 and checkpoint.exists() and "resuming" in result.stderr
+    guard_checkpoint(run_dir, [str(config)])
+    assert checkpoint.exists() and "resuming" in capsys.readouterr().err
     # changed inputs (new config, retrained teacher): the checkpoint is deleted
     config.write_text("a: 2\n")
-    result = launch("--run-dir", str(run_dir), "--inputs", str(config), "--", "true")
-    assert result.returncode == 0 and not checkpoint.exists() and "inputs changed" in result.stderr
+    guard_checkpoint(run_dir, [str(config)])
+    assert not checkpoint.exists() and "inputs changed" in capsys.readouterr().err
 
 
-def test_launch_gives_each_job_its_own_gpu_slot(tmp_path):
+def mgd_job(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mgd.cli", "job", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_job_runs_its_commands_in_order_and_drops_the_checkpoint_on_success(tmp_path):
+    run_dir, config = tmp_path / "run", tmp_path / "config.yaml"
+    config.write_text("a: 1\n")
+    checkpoint = run_dir / "checkpoint.pt"
+    common = ["--run-dir", str(run_dir), "--inputs", str(config), "--drop-checkpoint", "--"]
+    complexity = ["complexity", "--backbone", "resnet18d", "--size", "32", "--json"]
+    assert mgd_job(*common, *complexity).returncode == 0  # stamps the inputs
+    checkpoint.write_bytes(b"state")  # as if a training job with these inputs had been killed
+    # a failing command stops the job with its status and keeps the checkpoint for the rerun
+    failed = mgd_job(*common, *complexity, "--", "evaluate", "--model", str(tmp_path / "missing.pt"),
+                     "--dataset-config", str(config), "--out", str(tmp_path / "m.json"), "--", *complexity)
+    assert failed.returncode == 2 and checkpoint.exists()
+    assert failed.stdout.count('"backbone": "resnet18d"') == 1
+    ok = mgd_job(*common, *complexity, "--", *complexity)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count('"backbone": "resnet18d"') == 2 and not checkpoint.exists()
+
+
+def test_job_gives_each_job_its_own_gpu_slot(tmp_path):
     env = {"MGD_GPUS": "2", "MGD_GPU_LOCK_DIR": str(tmp_path / "locks")}
     env_clean = {key: value for key, value in os.environ.items() if key not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
-    script = "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(1.5)"
-    procs = [
-        subprocess.Popen([sys.executable, str(LAUNCH), "--gpus", "1", "--", sys.executable, "-c", script],
-                         stdout=subprocess.PIPE, text=True, env={**env_clean, **env})
-        for _ in range(2)
-    ]
+    script = ("import os, sys, time; from mgd.job import claim_gpu; claim_gpu(int(sys.argv[1])); "
+              "print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'), flush=True); time.sleep(float(sys.argv[2]))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, "1", "1.5"], stdout=subprocess.PIPE, text=True,
+                              env={**env_clean, **env}) for _ in range(2)]
     slots = sorted(proc.communicate(timeout=60)[0].strip() for proc in procs)
     assert slots == ["0", "1"]
-    # no GPU asked for, or none present: CUDA_VISIBLE_DEVICES is left alone
-    result = subprocess.run([sys.executable, str(LAUNCH), "--gpus", "0", "--", sys.executable, "-c",
-                             "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"],
-                            capture_output=True, text=True, env={**env_clean, **env}, timeout=60)
+    # no GPU asked for: CUDA_VISIBLE_DEVICES is left alone
+    result = subprocess.run([sys.executable, "-c", script, "0", "0"], capture_output=True, text=True,
+                            env={**env_clean, **env}, timeout=60)
     assert result.stdout.strip() == "unset"
+    # a user's own CUDA_VISIBLE_DEVICES is kept
+    result = subprocess.run([sys.executable, "-c", script, "1", "0"], capture_output=True, text=True,
+                            env={**env_clean, **env, "CUDA_VISIBLE_DEVICES": "3"}, timeout=60)
+    assert result.stdout.strip() == "3"

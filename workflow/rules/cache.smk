@@ -35,7 +35,6 @@ if CACHE:
         output:
             f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/teacher_cache/{{layout}}/complete.txt",
         params:
-            launch=LAUNCH,
             options=lambda wc: cache_options(wc.ds, wc.proto, wc.part),
         log:
             f"{RES}/logs/cache/{{ds}}/{{proto}}/{{part}}/{{layout}}.log",
@@ -48,5 +47,5 @@ if CACHE:
             CONDA_ENV
         shell:
             "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-            "{params.launch} --gpus {resources.gpu} -- mgd cache --config {input.config} {params.options} "
+            "mgd job --gpus {resources.gpu} -- cache --config {input.config} {params.options} "
             ">> {log} 2>&1 && date > {output}"

@@ -33,8 +33,6 @@ def _validate_config():
 _validate_config()
 
 RES = config["results"].rstrip("/")
-SCRIPTS = Path(workflow.current_basedir).parent / "scripts"
-LAUNCH = f"python {SCRIPTS / 'launch.py'}"
 CONDA_ENV = "../envs/mgd.yaml"  # relative to the rule files
 PAPER_TABLES = str(Path(workflow.current_basedir).parent / "paper_tables.yaml")
 THREADS = config["threads"]
@@ -605,19 +603,19 @@ def split_inputs(wildcards):
 # ---------------------------------------------------------------------------------------------
 # Training jobs
 # ---------------------------------------------------------------------------------------------
+# `mgd job` (mgd/job.py) takes the job's GPU slot, discards a checkpoint whose inputs changed, and
+# runs train (then evaluate, with evaluate_in_training_job) in one process.
 TRAIN_SHELL = (
     "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-    "{params.launch} --gpus {resources.gpu} --run-dir {params.dir} --inputs {input} -- "
-    "{params.command} >> {log} 2>&1{params.cleanup}"
+    "mgd job --gpus {resources.gpu} --run-dir {params.dir} --inputs {input}{params.drop} -- "
+    "{params.commands} >> {log} 2>&1"
 )
 
 
-def checkpoint_cleanup(wildcards):
+def drop_checkpoint(wildcards):
     """After a successful run its checkpoint.pt (optimizer state included: several times the
     model's size) is deleted unless keep_final_checkpoints; an interrupted run keeps it."""
-    if config["keep_final_checkpoints"]:
-        return ""
-    return f" && rm -f {run_dir(wildcards.ds, wildcards.proto, wildcards.part, wildcards.run)}/checkpoint.pt"
+    return "" if config["keep_final_checkpoints"] else " --drop-checkpoint"
 
 
 def train_outputs():
@@ -630,12 +628,13 @@ def train_outputs():
     return outputs
 
 
-def train_command(wildcards):
+def train_commands(wildcards):
+    """The mgd commands of a training job: train, then (evaluate_in_training_job) evaluate."""
     ds, proto, slug, run = wildcards.ds, wildcards.proto, wildcards.part, wildcards.run
     folder = run_dir(ds, proto, slug, run)
     if not EVAL_IN_TRAIN:
-        return f"mgd train --config {folder}/config.yaml"
-    return (f"python {SCRIPTS / 'mgd_chain.py'} train --config {folder}/config.yaml -- "
+        return f"train --config {folder}/config.yaml"
+    return (f"train --config {folder}/config.yaml -- "
             f"evaluate --model {folder}/model.pt --dataset-config {dataset_yaml(ds)} --split val "
             f"{evaluate_options(ds)} --out {folder}/metrics.json")
 

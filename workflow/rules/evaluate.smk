@@ -1,8 +1,8 @@
 # Evaluation of every run on its dataset's val split, and backbone complexity per dataset crop.
 #
 # With evaluate_in_training_job: true (the CPU-sized default and smoke configs) each training job
-# evaluates its model in the same Python process (workflow/scripts/mgd_chain.py: one torch/timm
-# import instead of two) and writes metrics.json itself; the evaluate rule is then not defined.
+# evaluates its model in the same Python process (`mgd job -- train ... -- evaluate ...`: one
+# torch/timm import instead of two) and writes metrics.json itself; the evaluate rule is then not defined.
 
 if not EVAL_IN_TRAIN:
 
@@ -15,7 +15,6 @@ if not EVAL_IN_TRAIN:
         output:
             f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/{{run}}/metrics.json",
         params:
-            launch=LAUNCH,
             options=lambda wc: evaluate_options(wc.ds),
             dataset_yaml=lambda wc: dataset_yaml(wc.ds),
         log:
@@ -29,7 +28,7 @@ if not EVAL_IN_TRAIN:
             CONDA_ENV
         shell:
             "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-            "{params.launch} --gpus {resources.gpu} -- mgd evaluate --model {input.model} "
+            "mgd job --gpus {resources.gpu} -- evaluate --model {input.model} "
             "--dataset-config {params.dataset_yaml} --split val {params.options} --out {output} > {log} 2>&1"
 
 

@@ -11,10 +11,9 @@ rule train_student:
     wildcard_constraints:
         run="(?!teacher_)[A-Za-z0-9_.-]+",
     params:
-        launch=LAUNCH,
         dir=lambda wc: run_dir(wc.ds, wc.proto, wc.part, wc.run),
-        command=train_command,
-        cleanup=checkpoint_cleanup,
+        commands=train_commands,
+        drop=drop_checkpoint,
     log:
         f"{RES}/logs/train/{{ds}}/{{proto}}/{{part}}/{{run}}.log",
     threads: THREADS["train"]

@@ -3,7 +3,7 @@
 #
 # Only model.pt and train.json are declared outputs: mgd train keeps checkpoint.pt beside them,
 # so a killed job resumes from it when the same command is run again (Snakemake never deletes
-# undeclared files), and workflow/scripts/launch.py discards it only when the inputs changed.
+# undeclared files), and `mgd job` discards it only when the inputs changed.
 
 
 rule run_config:
@@ -30,10 +30,9 @@ rule train_teacher:
     wildcard_constraints:
         run="teacher_[A-Za-z0-9_]+",
     params:
-        launch=LAUNCH,
         dir=lambda wc: run_dir(wc.ds, wc.proto, wc.part, wc.run),
-        command=train_command,
-        cleanup=checkpoint_cleanup,
+        commands=train_commands,
+        drop=drop_checkpoint,
     log:
         f"{RES}/logs/train/{{ds}}/{{proto}}/{{part}}/{{run}}.log",
     threads: THREADS["train"]

@@ -1,0 +1,175 @@
+"""Run one workflow job: a GPU slot of its own, a checkpoint that is still valid, then one or more
+``mgd`` commands in this one process.
+
+    mgd job --gpus 1 --run-dir DIR --inputs FILE... --drop-checkpoint -- train --config C -- evaluate ...
+
+GPU slot: Snakemake's ``--resources gpu=N`` bounds how many jobs declaring ``gpu=1`` run at once
+but does not say *which* GPU a job may use. ``--gpus 1`` takes an exclusive ``flock`` on one of N
+slot files (``$MGD_GPU_LOCK_DIR``, default ``/tmp/mgd-gpu-slots-$USER``) and sets
+``CUDA_VISIBLE_DEVICES`` to that slot before anything initialises CUDA; the lock is released
+when this process exits, however it exits. N is ``$MGD_GPUS`` when set, else the number of GPUs
+``nvidia-smi -L`` lists. Nothing is changed when the job asks for no GPU, when the machine has
+none (the commands run on the CPU), when ``CUDA_VISIBLE_DEVICES`` is already set, or inside a
+SLURM allocation (SLURM sets ``CUDA_VISIBLE_DEVICES`` from ``--gpus``).
+
+Checkpoint guard (``--run-dir``): ``mgd train`` resumes from ``<run-dir>/checkpoint.pt`` and
+itself refuses a checkpoint of another config or split. Teacher weights and dataset files are
+not part of that check, so the job stamps its inputs (sha256 of their contents, about 0.2 s for a
+250 MB teacher) into ``<run-dir>/inputs.sha256``: a checkpoint left by an interrupted job with
+the same inputs is resumed; one whose inputs changed since (a retrained teacher) is deleted and
+training starts over. ``--drop-checkpoint`` deletes the checkpoint once every command succeeded
+(it holds the optimizer state, several times the model's size).
+
+Several commands in one process: importing torch, torchvision and timm costs 3-5 CPU-seconds, more
+than a tiny CPU run trains or evaluates, so the CPU-sized configs train and evaluate in one job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import getpass
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHECKPOINT_NAME = "checkpoint.pt"  # mgd.train.loop.CHECKPOINT_NAME (not imported: that loads torch)
+STAMP_NAME = "inputs.sha256"
+COMMAND_SEPARATOR = "--"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs this job declared (Snakemake's 'gpu' resource)")
+    parser.add_argument("--run-dir", type=Path, help="the training output_dir whose checkpoint.pt to guard")
+    parser.add_argument("--inputs", nargs="*", default=[], help="files the run depends on (stamped with --run-dir)")
+    parser.add_argument("--drop-checkpoint", action="store_true",
+                        help="delete <run-dir>/checkpoint.pt once every command succeeded")
+    parser.add_argument("commands", nargs=argparse.REMAINDER,
+                        help="-- COMMAND ARGS [-- COMMAND ARGS]...: mgd subcommands, run in order")
+
+
+def split_commands(argv: list[str]) -> list[list[str]]:
+    """``['--', 'train', '-c', 'x', '--', 'evaluate']`` -> ``[['train', '-c', 'x'], ['evaluate']]``."""
+    commands, current = [], []
+    for argument in argv:
+        if argument == COMMAND_SEPARATOR:
+            if current:
+                commands.append(current)
+            current = []
+        else:
+            current.append(argument)
+    if current:
+        commands.append(current)
+    return commands
+
+
+def input_stamp(paths: list[str]) -> str:
+    """sha256 over the sorted input names and their contents (folders by name only)."""
+    digest = hashlib.sha256()
+    for name in sorted(set(paths)):
+        path = Path(name)
+        digest.update(name.encode() + b"\0")
+        if path.is_dir():
+            continue
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def guard_checkpoint(run_dir: Path, inputs: list[str]) -> None:
+    """Keep ``run_dir``'s checkpoint only if it was written with these very inputs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp = input_stamp(inputs)
+    stamp_file = run_dir / STAMP_NAME
+    checkpoint = run_dir / CHECKPOINT_NAME
+    previous = stamp_file.read_text().strip() if stamp_file.is_file() else None
+    if checkpoint.exists():
+        if previous == stamp:
+            print(f"mgd job: resuming from {checkpoint} (inputs unchanged)", file=sys.stderr)
+        else:
+            checkpoint.unlink()
+            print(f"mgd job: inputs changed since {checkpoint} was written: deleted it, training starts over",
+                  file=sys.stderr)
+    tmp = stamp_file.with_suffix(".tmp")
+    tmp.write_text(stamp + "\n")
+    os.replace(tmp, stamp_file)
+
+
+def count_gpus() -> int:
+    if os.environ.get("MGD_GPUS"):
+        return int(os.environ["MGD_GPUS"])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+
+def acquire_slot(count: int, wait_s: float = 2.0) -> tuple[int, int]:
+    """Block until one of ``count`` slot files can be locked; (slot, open fd holding the lock)."""
+    lock_dir = Path(os.environ.get("MGD_GPU_LOCK_DIR", f"/tmp/mgd-gpu-slots-{getpass.getuser()}"))
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    announced = False
+    while True:
+        for slot in range(count):
+            fd = os.open(lock_dir / f"slot{slot}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return slot, fd
+        if not announced:
+            print(f"mgd job: all {count} GPU slots in {lock_dir} are taken; waiting "
+                  "(pass --resources gpu=N to snakemake to avoid this)", file=sys.stderr)
+            announced = True
+        time.sleep(wait_s)
+
+
+def claim_gpu(requested: int) -> None:
+    """Point CUDA_VISIBLE_DEVICES at a free slot; the lock lives as long as this process."""
+    if requested <= 0 or "CUDA_VISIBLE_DEVICES" in os.environ or "SLURM_JOB_ID" in os.environ:
+        return
+    count = count_gpus()
+    if count == 0:
+        return
+    if requested > 1:
+        print("mgd job: a job asking for more than one GPU still gets one slot; "
+              "run multi-GPU jobs with CUDA_VISIBLE_DEVICES set", file=sys.stderr)
+    slot, _fd = acquire_slot(count)  # the fd is left open on purpose: closing it frees the slot
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
+    print(f"mgd job: CUDA_VISIBLE_DEVICES={slot}", file=sys.stderr)
+
+
+def main(args: argparse.Namespace) -> int:
+    from mgd.cli import main as mgd_main
+    from mgd.errors import ConfigError
+
+    commands = split_commands(args.commands)
+    if not commands:
+        raise ConfigError("no command given: mgd job [options] -- COMMAND ARGS [-- COMMAND ARGS]...")
+    if any(command[0] == "job" for command in commands):
+        raise ConfigError("mgd job cannot run another mgd job")
+    if args.drop_checkpoint and args.run_dir is None:
+        raise ConfigError("--drop-checkpoint needs --run-dir")
+    if args.run_dir is not None:
+        guard_checkpoint(args.run_dir, args.inputs)
+    claim_gpu(args.gpus)
+    for command in commands:
+        print(f"mgd job: mgd {' '.join(command)}", file=sys.stderr, flush=True)
+        status = mgd_main(command)
+        if status:
+            return status
+    if args.drop_checkpoint:
+        (args.run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+    return 0

@@ -29,6 +29,21 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def synthetic_with_split():
+    """Factory: ``(root, num_train, num_val)`` writes a 40 px synthetic dataset to ``root/data``
+    and its seed-0 1/4 labeled/unlabeled split to ``root/split``."""
+    from mgd.data import build_dataset
+    from mgd.splits import make_ratio_splits, write_split
+
+    def write(root: Path, num_train: int, num_val: int) -> None:
+        write_synthetic_dataset(root / "data", num_train=num_train, num_val=num_val, size=40, seed=0)
+        ids = build_dataset({"name": "synthetic", "root": str(root / "data")}, "train").ids
+        write_split(root / "split", make_ratio_splits(ids, ["1/4"], seed=0)["1-4"])
+
+    return write
+
+
 @pytest.fixture
 def camvid_root() -> Path:
     """The shared real CamVid copy (SegNet layout); skips the test where it is absent."""

@@ -20,7 +20,6 @@ import yaml
 from mgd.cache import PROGRESS_NAME, TeacherCache, check_cache, write_cache
 from mgd.cli import main as cli_main
 from mgd.data import build_dataset
-from mgd.data.synthetic import write_synthetic_dataset
 from mgd.errors import ConfigError, StaleCacheError
 from mgd.models import build_model, save_model
 from mgd.splits import make_ratio_splits, write_split
@@ -34,12 +33,10 @@ FEATURE_GRIDS = (3, 7)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, synthetic_with_split) -> dict:
     """16 synthetic images, a 1/4 split, two randomly initialised teachers and their cache."""
     root = tmp_path_factory.mktemp("cache")
-    write_synthetic_dataset(root / "data", num_train=16, num_val=2, size=40, seed=0)
-    ids = build_dataset({"name": "synthetic", "root": str(root / "data")}, "train").ids
-    write_split(root / "split", make_ratio_splits(ids, ["1/4"], seed=0)["1-4"])
+    synthetic_with_split(root, num_train=16, num_val=2)
     teachers = []
     for name, backbone, seed in (("TD", "resnet18d", 1), ("TW", "mobilenetv2_100", 2)):
         torch.manual_seed(seed)

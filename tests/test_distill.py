@@ -9,11 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mgd.data import build_dataset
-from mgd.data.synthetic import write_synthetic_dataset
 from mgd.errors import CheckpointError, ConfigError
 from mgd.models import build_model, load_model, save_model
-from mgd.splits import make_ratio_splits, write_split
 from mgd.train.config import validate_config
 from mgd.train.loop import Trainer
 
@@ -25,12 +22,10 @@ def run(cfg: dict) -> Trainer:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, synthetic_with_split) -> dict:
     """A tiny synthetic dataset, a split, and two teachers trained briefly with Sup."""
     root = tmp_path_factory.mktemp("distill")
-    write_synthetic_dataset(root / "data", num_train=40, num_val=8, size=40, seed=0)
-    ids = build_dataset({"name": "synthetic", "root": str(root / "data")}, "train").ids
-    write_split(root / "split", make_ratio_splits(ids, ["1/4"], seed=0)["1-4"])
+    synthetic_with_split(root, num_train=40, num_val=8)
     base = {
         "seed": 0,
         "output_dir": "",

@@ -29,13 +29,16 @@ from __future__ import annotations
 import argparse
 import fcntl
 import getpass
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mgd.cli import main as mgd_main
+from mgd.errors import ConfigError
+from mgd.io import sha256_file, sha256_json, write_text_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"  # mgd.train.loop.CHECKPOINT_NAME (not imported: that loads torch)
 STAMP_NAME = "inputs.sha256"
@@ -68,18 +71,8 @@ def split_commands(argv: list[str]) -> list[list[str]]:
 
 
 def input_stamp(paths: list[str]) -> str:
-    """sha256 over the sorted input names and their contents (folders by name only)."""
-    digest = hashlib.sha256()
-    for name in sorted(set(paths)):
-        path = Path(name)
-        digest.update(name.encode() + b"\0")
-        if path.is_dir():
-            continue
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()
+    """sha256 over the input names and their contents' hashes (folders by name only)."""
+    return sha256_json({name: None if Path(name).is_dir() else sha256_file(name) for name in paths})
 
 
 def guard_checkpoint(run_dir: Path, inputs: list[str]) -> None:
@@ -96,9 +89,7 @@ def guard_checkpoint(run_dir: Path, inputs: list[str]) -> None:
             checkpoint.unlink()
             print(f"mgd job: inputs changed since {checkpoint} was written: deleted it, training starts over",
                   file=sys.stderr)
-    tmp = stamp_file.with_suffix(".tmp")
-    tmp.write_text(stamp + "\n")
-    os.replace(tmp, stamp_file)
+    write_text_atomic(stamp_file, stamp + "\n")
 
 
 def count_gpus() -> int:
@@ -152,9 +143,6 @@ def claim_gpu(requested: int) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mgd.cli import main as mgd_main
-    from mgd.errors import ConfigError
-
     commands = split_commands(args.commands)
     if not commands:
         raise ConfigError("no command given: mgd job [options] -- COMMAND ARGS [-- COMMAND ARGS]...")

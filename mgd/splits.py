@@ -390,10 +390,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     imported.add_argument("--out", type=Path, required=True, help="split folder to write")
 
 
-def _dataset_train_ids(config_path: Path) -> list[str]:
+def _dataset_train_ids(config_path: Path) -> tuple[list[str], list[str]]:
+    """(ids with a label, ids of unlabeled images) of the dataset's train split."""
     from mgd.data import build_dataset, read_dataset_config
 
-    return list(build_dataset(read_dataset_config(config_path), "train").ids)
+    dataset = build_dataset(read_dataset_config(config_path), "train")
+    labeled = set(dataset.labeled_ids)
+    return dataset.labeled_ids, sorted(item for item in dataset.ids if item not in labeled)
 
 
 def _summary(name: str, folder: Path, split: Split) -> str:
@@ -412,15 +415,20 @@ def main(args: argparse.Namespace) -> int:
         write_split(args.out, split)
         print(_summary("imported", args.out, split))
         return 0
+    unlabeled_images: list[str] = []
     if args.ids:
         ids, source = read_id_list(args.ids)[0], str(args.ids)
     else:
-        ids, source = _dataset_train_ids(args.dataset_config), f"{args.dataset_config} (train)"
+        ids, unlabeled_images = _dataset_train_ids(args.dataset_config)
+        source = f"{args.dataset_config} (train)"
     if args.ratios:
         splits = make_ratio_splits(ids, args.ratios, args.seed)
     else:
         splits = make_count_splits(ids, args.counts, args.seed)
     for name, split in splits.items():
+        if unlabeled_images:  # images without a label file: unlabeled in every partition
+            meta = {**split.meta, "unlabeled_images": len(unlabeled_images)}
+            split = Split(split.labeled, split.unlabeled + unlabeled_images, meta)
         folder = write_split(args.out / name, split, {"source": source})
         print(_summary(name, folder, split))
     return 0

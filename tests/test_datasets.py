@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 
 from mgd.cli import main as cli_main
 from mgd.data import build_dataset, sample_id
-from mgd.data.base import default_palette
+from mgd.data.base import Sample, SampleError, SegmentationDataset, default_palette
 from mgd.errors import ConfigError, DatasetError
 
 
@@ -195,7 +195,9 @@ def test_folder_unpaired_files_are_named(folder_root: Path) -> None:
         ({"value_map": {11: 7}}, "'value_map'"),
         ({"value_map": {-1: 0}}, "'value_map'"),
         ({"train": {"images": "img/*.png"}}, "'train'"),
-        ({"train": {"list": "/abs/train.txt"}}, "'train.list'"),
+        ({"train": {"images": "/abs/*.png", "labels": "ann/*.png"}}, "'train.images'"),
+        ({"train": {"images": "img/s0.png", "labels": "ann/*.png"}}, "'train.images' must be a glob"),
+        ({"unlabeled": {"labels": "ann/*.png"}}, "'unlabeled'"),
     ],
 )
 def test_folder_bad_config_values_name_the_key(folder_root: Path, changes: dict, key: str) -> None:
@@ -266,9 +268,14 @@ def test_missing_list_file_and_root(tmp_path: Path) -> None:
 
 def test_size_mismatch_names_both_files(folder_root: Path) -> None:
     write_label(folder_root / "ann" / "s1.png", label_values(height=6))
-    dataset = build_dataset(folder_config(folder_root), "train")
+    # The folder adapter compares image headers when it is built, before any training starts...
+    with pytest.raises(DatasetError, match=r"1 label\(s\) differ .*ann/s1\.png is 12x6 but .*img/s1\.png is 12x8"):
+        build_dataset(folder_config(folder_root), "train")
+    # ... and every dataset compares the decoded pair when it loads it.
+    samples = [Sample(f"s{i}", folder_root / "img" / f"s{i}.png", folder_root / "ann" / f"s{i}.png") for i in (0, 1)]
+    dataset = SegmentationDataset(samples, ["a", "b", "c"], value_map={11: 255})
     dataset.load(0)
-    with pytest.raises(DatasetError, match=r"ann/s1\.png: label is 12x6 .*/img/s1\.png is 12x8"):
+    with pytest.raises(SampleError, match=r"ann/s1\.png: label is 12x6 .*/img/s1\.png is 12x8"):
         dataset.load(1)
 
 
@@ -285,11 +292,12 @@ def test_out_of_range_label_values_are_named(folder_root: Path) -> None:
 
 def test_unreadable_and_colour_labels(folder_root: Path) -> None:
     (folder_root / "img" / "s0.png").write_bytes(b"not a png")
+    with pytest.raises(SampleError, match=r"img/s0\.png: cannot be read as an image"):
+        build_dataset(folder_config(folder_root), "train")
+    write_image(folder_root / "img" / "s0.png")
     Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(folder_root / "ann" / "s1.png")
     dataset = build_dataset(folder_config(folder_root), "train")
-    with pytest.raises(DatasetError, match=r"img/s0\.png: cannot be read"):
-        dataset.load(0)
-    with pytest.raises(DatasetError, match=r"ann/s1\.png: a label must be a single-channel.*RGB"):
+    with pytest.raises(SampleError, match=r"ann/s1\.png: a label must be a single-channel.*RGB"):
         dataset.load(1)
 
 

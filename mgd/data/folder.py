@@ -156,7 +156,8 @@ def pattern_id_regex(pattern: str) -> re.Pattern[str]:
 
     A ``**`` component captures the sub-folders it spans; any other component with wildcards
     captures from its first to its last wildcard, so fixed prefixes and suffixes
-    ("_leftImg8bit.png", "_label.png") are left out of the id.
+    ("_leftImg8bit.png", "_label.png") are left out of the id, and so is a final ".*" (any
+    extension) after another wildcard.
     """
     components = pattern.replace("\\", "/").strip("/").split("/")
     regex = []
@@ -165,6 +166,9 @@ def pattern_id_regex(pattern: str) -> re.Pattern[str]:
         if component == "**":
             regex.append("((?:[^/]+/)*)")  # zero or more folders, each with its slash
             continue
+        any_extension = ""
+        if not separator and component.endswith(".*") and WILDCARD.search(component[:-2]):
+            component, any_extension = component[:-2], r"\.[^/]*"
         wildcards = list(WILDCARD.finditer(component))
         if not wildcards:
             regex.append(re.escape(component) + separator)
@@ -174,6 +178,7 @@ def pattern_id_regex(pattern: str) -> re.Pattern[str]:
             re.escape(component[:first])
             + f"({_wildcard_regex(component[first:last])})"
             + re.escape(component[last:])
+            + any_extension
             + separator
         )
     return re.compile("".join(regex))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -452,6 +454,53 @@ def test_check_data_prints_class_counts_and_fails_on_a_bad_pair(folder_root: Pat
     write_label(folder_root / "ann" / "s1.png", values)
     assert cli_main(["check-data", "--dataset-config", str(config), "--split", "train"]) == 2
     assert "s1.png: label values 9" in capsys.readouterr().err
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_check_data_decodes_every_file_lists_each_bad_one_and_writes_a_summary(folder_root: Path, capsys) -> None:
+    write_image(folder_root / "extra" / "u0.jpg", height=64, width=64)
+    config = folder_root / "dataset.yaml"
+    cfg = folder_config(folder_root, unlabeled={"images": "extra/*.jpg"})
+    config.write_text(yaml.safe_dump(cfg))
+    out = folder_root / "checked" / "train.json"
+    assert cli_main(["check-data", "--dataset-config", str(config), "--out", str(out)]) == 0
+    assert "3 pairs and 1 unlabeled images OK" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["dataset"] == "folder" and record["split"] == "train"
+    assert record["samples"] == 4 and record["unlabeled_images"] == 1
+    assert [entry["name"] for entry in record["classes"]] == ["a", "b", "c"]
+    assert record["ignore_pixels"] == 3 and record["classes"][0]["images"] == 3
+    assert record["sizes"] == {"12x8": 3, "64x64": 1} and len(record["ids_sha256"]) == 64
+
+    # Truncated files keep a readable header (so the dataset builds) but fail to decode.
+    write_image(folder_root / "img" / "s1.png", height=8, width=12, seed=5)
+    truncate(folder_root / "img" / "s1.png")
+    truncate(folder_root / "extra" / "u0.jpg")
+    out.unlink()
+    assert cli_main(["check-data", "--dataset-config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"bad sample: .*img/s1\.png: cannot be decoded as an image", err)
+    assert re.search(r"bad sample: .*extra/u0\.jpg: cannot be decoded as an image", err)
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"mgd check-data: error: 2 of 4 samples failed the check; the first: .*s1\.png: .*", last)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_in_a_dataloader_worker_is_one_line_naming_the_file(folder_root: Path) -> None:
+    (folder_root / "img" / "s2.png").write_bytes((folder_root / "img" / "s2.png").read_bytes()[:60])
+    samples = [Sample(f"s{i}", folder_root / "img" / f"s{i}.png", folder_root / "ann" / f"s{i}.png") for i in range(3)]
+    dataset = SegmentationDataset(samples, ["a", "b", "c"], value_map={11: 255})
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
+    with pytest.raises(SampleError) as caught:
+        list(loader)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert re.fullmatch(r".*img/s2\.png: cannot be decoded as an image \(.+\)", message)
 
 
 def test_check_data_reports_a_missing_config(tmp_path: Path, capsys) -> None:

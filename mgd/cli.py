@@ -2,6 +2,8 @@
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``;
 only the module of the command being run is imported, so ``mgd --help`` stays fast.
+A user error (an ``MgdError``, or an ``OSError`` naming a file: a read-only output folder) is
+printed on one line with exit status 2; an ``OSError`` naming no file keeps its traceback.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from mgd.errors import ConfigError, DatasetError
 from mgd.inference import add_inference_arguments, infer_logits, inference_options, resolve_device
-from mgd.io import atomic_path, refuse_overwriting_inputs
+from mgd.io import atomic_path, ensure_writable_dir, refuse_overwriting_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -43,6 +43,7 @@ def main(args: argparse.Namespace) -> int:
     # fine (list_images does not recurse).
     refuse_overwriting_inputs({"--output": args.output}, {"--input": args.input})
     images = list_images(args.input)
+    ensure_writable_dir(args.output, "--output folder")
     model = load_model(args.model)
     if args.palette_from is None:
         palette = default_palette(model.num_classes)

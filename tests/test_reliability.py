@@ -194,6 +194,14 @@ def test_an_unwritable_output_is_a_one_line_error(tmp_path, capsys):
     out = unwritable(tmp_path)
     assert run_cli("splits", "make", "--ids", ids_file, "--ratios", "1/4", "--out", out) == 2
     assert str(out) in error_line(capsys)
+    # evaluate and predict check their output folder before loading data or a model
+    assert run_cli("evaluate", "--model", tmp_path / "none.pt", "--dataset-config", tmp_path / "none.yaml",
+                   "--out", out / "metrics.json") == 2
+    assert f"--out folder {out} is not writable" in error_line(capsys)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"png")
+    assert run_cli("predict", "--model", tmp_path / "none.pt", "--input", tmp_path / "images", "--output", out) == 2
+    assert f"--output folder {out} is not writable" in error_line(capsys)
     # mgd job's own run folder too
     assert run_cli("job", "--run-dir", out, "--", "complexity", "--backbone", "resnet18d", "--json") == 2
     assert str(out) in error_line(capsys)

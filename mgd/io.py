@@ -55,7 +55,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as error:
-        if error.filename is None or (tmp_path is not None and error.filename == str(tmp_path)):
+        if error.filename is None or (tmp_path is not None and str(error.filename) == str(tmp_path)):
             raise OSError(error.errno, error.strerror or str(error), str(path)) from error
         raise
     finally:

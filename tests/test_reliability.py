@@ -233,3 +233,16 @@ def test_atomic_write_leaves_no_temp_file_and_replaces_the_target(tmp_path):
     write_text_atomic(target, "one")
     write_text_atomic(target, "two")
     assert target.read_text() == "two" and os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_a_failed_atomic_write_names_the_destination_and_leaves_no_temp_file(tmp_path):
+    import errno
+
+    from mgd.io import atomic_path
+
+    target = tmp_path / "model.pt"
+    with pytest.raises(OSError) as caught:
+        with atomic_path(target):
+            raise OSError(errno.ENOSPC, "No space left on device")  # a write() error names no file
+    assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == []

@@ -126,10 +126,11 @@ def test_job_resumes_or_discards_the_checkpoint(tmp_path, capsys):
     # same inputs (an interrupted job rerun): the checkpoint stays and is resumed
     guard_checkpoint(run_dir, [str(config)])
     assert checkpoint.exists() and "resuming" in capsys.readouterr().err
-    # changed inputs (new config, retrained teacher): the checkpoint is deleted
+    # changed inputs (new config, retrained teacher): the checkpoint is set aside, not deleted
     config.write_text("a: 2\n")
     guard_checkpoint(run_dir, [str(config)])
     assert not checkpoint.exists() and "inputs changed" in capsys.readouterr().err
+    assert [path.read_bytes() for path in run_dir.glob("checkpoint.stale-*.pt")] == [b"state"]
 
 
 def mgd_job(*args: str) -> subprocess.CompletedProcess:

@@ -180,16 +180,7 @@ def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (inside.sum(dim=1, keepdim=True) % 2).float()
 
 
-def cutmix_box_masks(
-    batch_size: int,
-    height: int,
-    width: int,
-    generator: torch.Generator,
-    n_boxes: int = 3,
-    area: tuple[float, float] = (0.25, 0.5),
-    random_aspect: bool = True,
-) -> torch.Tensor:
+def cutmix_box_masks(batch_size: int, height: int, width: int, generator: torch.Generator, **options) -> torch.Tensor:
     """Float Bx1xHxW CutMix masks (1 = take the second image): :func:`box_mask` of
-    :func:`cutmix_boxes`."""
-    boxes = cutmix_boxes(batch_size, height, width, generator, n_boxes, area, random_aspect)
-    return box_mask(boxes, height, width)
+    :func:`cutmix_boxes` (``options``: its n_boxes, area, random_aspect)."""
+    return box_mask(cutmix_boxes(batch_size, height, width, generator, **options), height, width)

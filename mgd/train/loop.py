@@ -205,7 +205,7 @@ class Trainer:
         labeled = stream_loader(self.labeled, transform, True, data_cfg["batch_labeled"], stream="labeled", **common)
         unlabeled = [
             stream_loader(self.unlabeled, transform, False, data_cfg["batch_unlabeled"], stream=f"unlabeled{index}", **common)
-            for index in range(self.objective_cls.unlabeled_streams)
+            for index in range(self.objective.unlabeled_streams)
         ]
         return iter(labeled), [iter(loader) for loader in unlabeled]
 

@@ -43,7 +43,7 @@ SLASH = chr(47)  # the slash of ratio names like 1/8 (a slash string literal rea
 METHOD_LABELS = {"sup": "Sup", "mt": "MT", "cps": "CPS", "kd": "KD", "cwd": "CWD", "skt": "SKT", "mgd": "MGD"}
 TEACHER_METHODS = {"kd", "cwd", "skt", "mgd"}
 # Backbone names as the paper's tables print them (keys of workflow/paper_tables.yaml rows).
-PAPER_BACKBONES = {"resnet18d": "ResNet-18", "mobilenetv2_100": "MobileNetV2"}
+PAPER_BACKBONES = {"resnet18_v1c": "ResNet-18", "mobilenetv2_dilated": "MobileNetV2", "resnet18d": "ResNet-18", "mobilenetv2_100": "MobileNetV2"}
 TEACHER_ROLES = {"TD": "T_D", "TW": "T_W"}
 
 
@@ -204,6 +204,17 @@ def complexity_path(ds, backbone):
 RUNS = {}
 
 
+def _batches(ds, sched):
+    """(labeled, unlabeled) global batch of a run: its schedule's, else the dataset's."""
+    train = config["datasets"][ds]["train"]
+    return {key: sched.get(key) or train[key] for key in ("batch_labeled", "batch_unlabeled")}
+
+
+def _method_params(ds, method):
+    """A method's parameters for every run on dataset ``ds``: global, then the dataset's."""
+    return {**config["method_params"].get(method, {}), **config["datasets"][ds].get("method_params", {}).get(method, {})}
+
+
 def _schedule(sched, part_display):
     optim = {
         "lr": sched["lr"],
@@ -228,7 +239,7 @@ def teacher_run(ds, proto, slug, role, copy_index=0):
         RUNS[key] = {
             "kind": "teacher", "role": role, "backbone": sched["backbone"], "method": "cps",
             "seed": config["seed"] + copy_index, "optim": optim, "pretrained": pretrained,
-            "params": dict(config["method_params"].get("cps", {})), "teachers": [],
+            "params": _method_params(ds, "cps"), "teachers": [], "batch": _batches(ds, sched),
         }
     return run, name
 
@@ -242,13 +253,14 @@ def student_run(ds, proto, slug, method, backbone, variant=None, params=None, te
         return run
     sched = config["datasets"][ds]["students"][backbone]
     optim, pretrained = _schedule(sched, partition_display(ds, proto, slug))
-    merged = {**config["method_params"].get(method, {}), **sched["method_params"].get(method, {}), **(params or {})}
+    merged = {**_method_params(ds, method), **sched["method_params"].get(method, {}), **(params or {})}
     teacher_list = []
     if method in TEACHER_METHODS:
         teacher_list = [teacher_run(ds, proto, slug, role, index) for role, index in teachers]
     RUNS[key] = {
         "kind": "student", "backbone": backbone, "method": method, "seed": config["seed"],
         "optim": optim, "pretrained": pretrained, "params": merged, "teachers": teacher_list,
+        "batch": _batches(ds, sched),
     }
     return run
 
@@ -335,8 +347,7 @@ def train_config(ds, proto, slug, run, method=None, teachers=None):
             "split": split_dir(ds, proto, slug),
             "crop_size": train["crop_size"],
             "scales": list(train["scales"]),
-            "batch_labeled": train["batch_labeled"],
-            "batch_unlabeled": train["batch_unlabeled"],
+            **spec.get("batch", {key: train[key] for key in ("batch_labeled", "batch_unlabeled")}),
             "num_workers": train["num_workers"],
         },
         "model": {"backbone": spec["backbone"], "pretrained": spec["pretrained"]},

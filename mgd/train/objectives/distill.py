@@ -267,6 +267,8 @@ class MultiGranularityDistillation(TeacherDistillation):
         "lambda_image": 0.002,
         "lambda_region": 100.0,
         "image_reduction": "sum",  # "sum" (public code) or "mean" (eq. 4)
+        # "sum": images the public code's L_I sums over (its per-GPU batch), whatever our batch
+        "image_sum_images": 2,
         "grid": 7,  # Hv = Wv of the regional content vectors (Table 6)
     }
 
@@ -276,6 +278,8 @@ class MultiGranularityDistillation(TeacherDistillation):
         self.region_teachers = self._check_teacher_index("region_level_teachers", params["region_level_teachers"])
         if params["image_reduction"] not in ("sum", "mean"):
             raise ConfigError(f"config key method.image_reduction: {params['image_reduction']!r} is not 'sum' or 'mean'")
+        if not isinstance(params["image_sum_images"], int) or params["image_sum_images"] < 1:
+            raise ConfigError(f"config key method.image_sum_images: {params['image_sum_images']!r} is not a positive integer")
         if not isinstance(params["grid"], int) or params["grid"] < 1:
             raise ConfigError(f"config key method.grid: {params['grid']!r} is not a positive integer")
         self.feature_grid = params["grid"]
@@ -306,7 +310,8 @@ class MultiGranularityDistillation(TeacherDistillation):
                 terms[f"pixel_unlabeled_{name}"] = pixel_consistency_loss(mixed_logits, targets.unlabeled_pseudo)
             if name in self.image_teachers:
                 terms[f"image_{name}"] = params["lambda_image"] * image_level_loss(
-                    mixed_logits, targets.mixed_logits, reduction=params["image_reduction"]
+                    mixed_logits, targets.mixed_logits, reduction=params["image_reduction"],
+                    images_summed=params["image_sum_images"],
                 )
             if name in self.region_teachers:
                 terms[f"region_{name}"] = params["lambda_region"] * region_level_loss(

@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from mgd.losses import mean_teacher_consistency_loss, ohem_ce_loss, pixel_consistency_loss, supervised_ce_loss
+from mgd.schemas import method_defaults
 from mgd.train.data import TrainBatch
 from mgd.train.objectives.base import Objective
-
-SUPERVISED_DEFAULTS = {"ohem": False, "ohem_threshold": 0.7, "ohem_min_kept": 50000}
 
 
 def supervised_loss(logits: torch.Tensor, target: torch.Tensor, params: dict) -> torch.Tensor:
@@ -35,7 +34,7 @@ class Supervised(Objective):
     """Sup: cross-entropy on the labeled crops only."""
 
     name = "sup"
-    defaults = dict(SUPERVISED_DEFAULTS)
+    defaults = method_defaults("sup")
 
     def __init__(self, cfg, params, num_classes, device):
         super().__init__(cfg, params, num_classes, device)
@@ -50,7 +49,7 @@ class MeanTeacher(Objective):
     """MT (Tarvainen & Valpola): the EMA of the student gives CutMix-mixed consistency targets."""
 
     name = "mt"
-    defaults = {**SUPERVISED_DEFAULTS, "consistency_weight": 1.0, "ema_decay": 0.99, "export_ema": False}
+    defaults = method_defaults("mt")
     unlabeled_streams = 2
 
     def __init__(self, cfg, params, num_classes, device):
@@ -100,7 +99,7 @@ class CrossPseudoSupervision(Objective):
     other's argmax over the CutMix-mixed unlabeled image; the first network is exported."""
 
     name = "cps"
-    defaults = {**SUPERVISED_DEFAULTS, "cps_weight": 1.5}
+    defaults = method_defaults("cps")
     unlabeled_streams = 2
 
     def __init__(self, cfg, params, num_classes, device):

@@ -23,6 +23,9 @@ from referencing import Registry, Resource
 from mgd.errors import ConfigError
 
 SCHEMA_FILES = {"train": "train.schema.yaml", "workflow": "workflow.schema.yaml"}
+#: base of the schemas' $id: a reference like "train.schema.yaml#/$defs/mgd_params" resolves in the
+#: registry below (nothing is ever fetched; .invalid is a reserved domain)
+BASE_URI = "https://mgd.invalid/schemas/"
 
 
 def _is_integer(checker, instance) -> bool:
@@ -38,45 +41,65 @@ StrictValidator = jsonschema.validators.extend(
 
 @functools.cache
 def load_schema(name: str) -> dict:
-    """The parsed schema ``name`` ("train" or "workflow")."""
-    return yaml.safe_load(resources.files("mgd").joinpath("schemas", SCHEMA_FILES[name]).read_text())
+    """The parsed schema ``name`` ("train" or "workflow"), with its $id."""
+    schema = yaml.safe_load(resources.files("mgd").joinpath("schemas", SCHEMA_FILES[name]).read_text())
+    return {"$id": BASE_URI + SCHEMA_FILES[name], **schema}
 
 
 @functools.cache
 def registry() -> Registry:
     """Every schema under its file name, so that one can reference another's ``$defs``."""
     return Registry().with_resources(
-        (file, Resource.from_contents(load_schema(name))) for name, file in SCHEMA_FILES.items()
+        (BASE_URI + file, Resource.from_contents(load_schema(name))) for name, file in SCHEMA_FILES.items()
     )
 
 
 def validator(name: str) -> jsonschema.protocols.Validator:
-    return StrictValidator(load_schema(name), registry=registry(), _resolver=registry().resolver(SCHEMA_FILES[name]))
+    return StrictValidator(load_schema(name), registry=registry())
 
 
-def _property_names(schema: dict, resolver) -> set[str]:
+def resolver(name: str):
+    return registry().resolver(BASE_URI + SCHEMA_FILES[name])
+
+
+def _property_names(schema: dict, schema_resolver) -> set[str]:
     """Keys a (composed) object schema declares: its properties and those of its allOf / $ref parts."""
     names = set(schema.get("properties", {}))
     if "$ref" in schema:
-        resolved = resolver.lookup(schema["$ref"])
+        resolved = schema_resolver.lookup(schema["$ref"])
         names |= _property_names(resolved.contents, resolved.resolver)
     for part in schema.get("allOf", []):
-        names |= _property_names(part, resolver)
+        names |= _property_names(part, schema_resolver)
     return names
 
 
-def error_message(error: jsonschema.ValidationError, resolver=None) -> str:
+def _nodes(node: Any):
+    yield node
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    for child in children:
+        yield from _nodes(child)
+
+
+def _resolver_of(sub_schema: dict):
+    """The resolver of the schema file ``sub_schema`` is part of (its local $refs resolve there)."""
+    for name in SCHEMA_FILES:
+        if any(node is sub_schema for node in _nodes(load_schema(name))):
+            return resolver(name)
+    return resolver("train")
+
+
+def error_message(error: jsonschema.ValidationError) -> str:
     """``config key a.b.c: what is wrong`` for one schema error."""
     path = [str(part) for part in error.absolute_path]
     if error.validator in ("additionalProperties", "unevaluatedProperties") and error.validator_value is False:
         unexpected = re.findall(r"'([^']+)'", error.message.split("(", 1)[-1])
-        known = sorted(_property_names(error.schema, resolver or registry().resolver()))
+        known = sorted(_property_names(error.schema, _resolver_of(error.schema)))
         key = ".".join(path + unexpected[:1])
         return f"config key {key}: unknown key" + (f" (known: {', '.join(known)})" if known else "")
     return f"config key {'.'.join(path) or '<top level>'}: {error.message}"
 
 
-def fill_defaults(instance: Any, schema: dict, resolver) -> None:
+def fill_defaults(instance: Any, schema: dict, schema_resolver) -> None:
     """Insert the schema's defaults into ``instance`` (in place), like snakemake's validate.
 
     Follows ``properties``, ``additionalProperties``, ``allOf``, ``if``/``then``/``else`` and
@@ -86,15 +109,15 @@ def fill_defaults(instance: Any, schema: dict, resolver) -> None:
     """
     ref = schema.get("$ref")
     if ref is not None and ref.startswith("#"):
-        resolved = resolver.lookup(ref)
+        resolved = schema_resolver.lookup(ref)
         fill_defaults(instance, resolved.contents, resolved.resolver)
     for part in schema.get("allOf", []):
-        fill_defaults(instance, part, resolver)
+        fill_defaults(instance, part, schema_resolver)
     if "if" in schema:
         matches = StrictValidator(schema["if"], registry=registry()).is_valid(instance)
         branch = schema.get("then" if matches else "else")
         if branch is not None:
-            fill_defaults(instance, branch, resolver)
+            fill_defaults(instance, branch, schema_resolver)
     if not isinstance(instance, dict):
         return
     properties = schema.get("properties", {})
@@ -102,12 +125,12 @@ def fill_defaults(instance: Any, schema: dict, resolver) -> None:
         if key not in instance and isinstance(sub_schema, dict) and "default" in sub_schema:
             instance[key] = copy.deepcopy(sub_schema["default"])
         if key in instance and isinstance(sub_schema, dict):
-            fill_defaults(instance[key], sub_schema, resolver)
+            fill_defaults(instance[key], sub_schema, schema_resolver)
     extra = schema.get("additionalProperties")
     if isinstance(extra, dict):
         for key, value in instance.items():
             if key not in properties:
-                fill_defaults(value, extra, resolver)
+                fill_defaults(value, extra, schema_resolver)
 
 
 def validate(instance: dict, name: str) -> dict:
@@ -115,9 +138,9 @@ def validate(instance: dict, name: str) -> dict:
     checker = validator(name)
     error = jsonschema.exceptions.best_match(checker.iter_errors(instance))
     if error is not None:
-        raise ConfigError(error_message(error, registry().resolver(SCHEMA_FILES[name])))
+        raise ConfigError(error_message(error))
     filled = copy.deepcopy(instance)
-    fill_defaults(filled, load_schema(name), registry().resolver(SCHEMA_FILES[name]))
+    fill_defaults(filled, load_schema(name), resolver(name))
     return filled
 
 
@@ -125,5 +148,5 @@ def method_defaults(method: str) -> dict[str, Any]:
     """The parameters of ``method`` with their schema defaults (the train schema's $defs entry)."""
     definition = load_schema("train")["$defs"][f"{method}_params"]
     params: dict = {}
-    fill_defaults(params, definition, registry().resolver(SCHEMA_FILES["train"]))
+    fill_defaults(params, definition, resolver("train"))
     return params

@@ -54,6 +54,7 @@ def registry() -> Registry:
     )
 
 
+@functools.cache
 def validator(name: str) -> jsonschema.protocols.Validator:
     return StrictValidator(load_schema(name), registry=registry())
 
@@ -88,11 +89,24 @@ def _resolver_of(sub_schema: dict):
     return resolver("train")
 
 
+def _unexpected(error: jsonschema.ValidationError) -> list[str] | None:
+    """The keys an additional/unevaluated-properties error rejects (None for other errors)."""
+    if error.validator in ("additionalProperties", "unevaluatedProperties") and error.validator_value is False:
+        return re.findall(r"'([^']+)'", error.message.split("(", 1)[-1])
+    return None
+
+
+def _misleading(error: jsonschema.ValidationError) -> bool:
+    # A declared key whose value is invalid counts as unevaluated too: its own error says more.
+    unexpected = _unexpected(error)
+    return bool(unexpected) and set(unexpected) <= _property_names(error.schema, _resolver_of(error.schema))
+
+
 def error_message(error: jsonschema.ValidationError) -> str:
     """``config key a.b.c: what is wrong`` for one schema error."""
     path = [str(part) for part in error.absolute_path]
-    if error.validator in ("additionalProperties", "unevaluatedProperties") and error.validator_value is False:
-        unexpected = re.findall(r"'([^']+)'", error.message.split("(", 1)[-1])
+    unexpected = _unexpected(error)
+    if unexpected is not None:
         known = sorted(_property_names(error.schema, _resolver_of(error.schema)))
         key = ".".join(path + unexpected[:1])
         return f"config key {key}: unknown key" + (f" (known: {', '.join(known)})" if known else "")
@@ -135,8 +149,8 @@ def fill_defaults(instance: Any, schema: dict, schema_resolver) -> None:
 
 def validate(instance: dict, name: str) -> dict:
     """A copy of ``instance`` with defaults filled, or ConfigError naming the first bad key."""
-    checker = validator(name)
-    error = jsonschema.exceptions.best_match(checker.iter_errors(instance))
+    errors = list(validator(name).iter_errors(instance))
+    error = jsonschema.exceptions.best_match([e for e in errors if not _misleading(e)] or errors)
     if error is not None:
         raise ConfigError(error_message(error))
     filled = copy.deepcopy(instance)

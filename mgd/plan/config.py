@@ -6,12 +6,13 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import yaml
 
 from mgd import schemas
 from mgd.errors import ConfigError
+from mgd.train.config import load_yaml
 
 #: the config a run without --configfile reads (a --configfile replaces it, as in the Snakefile)
 DEFAULT_CONFIGFILE = "config/config.yaml"
@@ -56,25 +57,12 @@ def parse_overrides(entries: list[str]) -> dict:
     return overrides
 
 
-def load_yaml_mapping(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return loaded
-
-
 def load_workflow_config(configfiles: list[str] | None = None, overrides: list[str] | None = None) -> dict:
     """The workflow config as `snakemake [--configfile FILE ...] [--config key=value ...]` sees it:
     the given files (each merged over the previous) or else config/config.yaml, then the overrides."""
     config: dict = {}
     for path in configfiles or [DEFAULT_CONFIGFILE]:
-        update_config(config, load_yaml_mapping(path))
+        update_config(config, load_yaml(path))
     update_config(config, parse_overrides(overrides or []))
     return config
 

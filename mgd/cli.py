@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mgd.train.cli", "train a model with one method (sup, mt, cps, kd, cwd, skt, mgd)"),
     "report": ("mgd.report", "tables (CSV, Markdown beside the paper) and figures from metrics files"),
     "cache": ("mgd.cache", "cache the teachers' outputs on fixed augmented views for distillation runs"),
+    "plan": ("mgd.plan.cli", "list every run the workflow would train for a config, with its train config"),
     "job": ("mgd.job", "run one workflow job: own GPU slot, checkpoint guard, mgd commands in one process"),
 }
 

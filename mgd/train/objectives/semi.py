@@ -16,11 +16,9 @@ from torch import nn
 
 from mgd.errors import ConfigError
 from mgd.losses import mean_teacher_consistency_loss, ohem_ce_loss, pixel_consistency_loss, supervised_ce_loss
+from mgd.schemas import method_defaults
 from mgd.train.data import TrainBatch
 from mgd.train.objectives.base import Objective
-
-# ohem_min_kept counts pixels per image: the public code's 50,000 x its per-GPU batch.
-SUPERVISED_DEFAULTS = {"ohem": False, "ohem_threshold": 0.7, "ohem_min_kept": 50000}
 
 
 def supervised_loss(logits: torch.Tensor, target: torch.Tensor, params: dict) -> torch.Tensor:
@@ -41,7 +39,7 @@ class Supervised(Objective):
     """Sup: cross-entropy on the labeled crops only."""
 
     name = "sup"
-    defaults = dict(SUPERVISED_DEFAULTS)
+    defaults = method_defaults("sup")
 
     def __init__(self, cfg, params, num_classes, device):
         super().__init__(cfg, params, num_classes, device)
@@ -50,9 +48,6 @@ class Supervised(Objective):
     def losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         logits = self.trainable["student"](batch.labeled_image).logits
         return {"sup": supervised_loss(logits, batch.labeled_mask, self.params)}
-
-
-MT_CONSISTENCIES = ("softmax_mse", "cutmix")
 
 
 class MeanTeacher(Objective):
@@ -66,17 +61,11 @@ class MeanTeacher(Objective):
     """
 
     name = "mt"
-    defaults = {**SUPERVISED_DEFAULTS, "consistency": "softmax_mse", "consistency_weight": 100.0,
-                "ema_decay": 0.99, "export_ema": False}
-    #: the most streams a variant uses (the loop reads the instance's ``unlabeled_streams``)
+    defaults = method_defaults("mt")
     unlabeled_streams = 2
 
     def __init__(self, cfg, params, num_classes, device):
         super().__init__(cfg, params, num_classes, device)
-        if params["consistency"] not in MT_CONSISTENCIES:
-            raise ConfigError(
-                f"config key method.consistency: {params['consistency']!r} is not one of {', '.join(MT_CONSISTENCIES)}"
-            )
         self.unlabeled_streams = 1 if params["consistency"] == "softmax_mse" else 2
         student = self.build_student(cfg["seed"])
         self.trainable["student"] = student
@@ -130,7 +119,7 @@ class CrossPseudoSupervision(Objective):
     other's argmax over the CutMix-mixed unlabeled image; the first network is exported."""
 
     name = "cps"
-    defaults = {**SUPERVISED_DEFAULTS, "cps_weight": 1.0}  # VOC; Cityscapes runs use 5
+    defaults = method_defaults("cps")
     unlabeled_streams = 2
 
     def __init__(self, cfg, params, num_classes, device):

@@ -285,3 +285,50 @@ def test_training_and_splits_depend_on_the_data_checks():
     checks = [f"results/smoke/synA/checks/{split}.json" for split in ("train", "val")]
     assert plan.run_inputs("synA", "ratio", "1-4", "teacher_TD")["checks"] == checks
     assert checks[0] in plan.split_inputs("synA", "ratio", "1-4")
+
+
+# -- config/README.md documents every key ----------------------------------------------------------
+#: placeholder of each map whose keys the user names
+MAP_NAMES = {"datasets": "<dataset>", "protocols": "<protocol>", "students": "<backbone>", "import": "<partition>"}
+
+
+def schema_keys(schema: dict) -> list[tuple[str, str]]:
+    """(parent, key) of every key of the workflow schema, parents as `datasets.<dataset>.train`
+    (local $refs followed; the train schema's method parameters are documented there)."""
+
+    def resolve(node: dict) -> dict:
+        while node.get("$ref", "").startswith("#/$defs/"):
+            node = {**schema["$defs"][node["$ref"].removeprefix("#/$defs/")],
+                    **{key: value for key, value in node.items() if key != "$ref"}}
+        return node
+
+    def walk(node: dict, parent: str):
+        node = resolve(node)
+        for key, sub in node.get("properties", {}).items():
+            yield parent, key
+            yield from walk(sub, f"{parent}.{key}" if parent else key)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict) and "properties" in resolve(extra):
+            yield from walk(extra, f"{parent}.{MAP_NAMES[parent.rsplit('.', 1)[-1]]}")
+
+    return list(walk(schema, ""))
+
+
+def readme_sections(text: str) -> dict[str, str]:
+    """`### heading` -> the text up to the next heading."""
+    parts = re.split(r"^### (.+)$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_config_readme_documents_every_schema_key():
+    schema = yaml.safe_load((REPO / "mgd" / "schemas" / "workflow.schema.yaml").read_text())
+    sections = readme_sections((REPO / "config" / "README.md").read_text())
+    keys = schema_keys(schema)
+    assert ("datasets.<dataset>.teachers.TW", "pretrained") in keys and ("cache", "temp") in keys
+    missing = []
+    for parent, key in keys:
+        heading = f"`{parent or '(top level)'}`"
+        body = next((body for title, body in sections.items() if heading in title), "")
+        if f"| `{key}` |" not in body:
+            missing.append(f"{parent or '(top level)'}: {key}")
+    assert not missing, f"config/README.md does not document: {missing}"

@@ -260,3 +260,40 @@ def test_shell_code_in_a_path_never_runs(tmp_path, key):
     assert result.returncode != 0
     assert f"config key {key}:" in result.stdout + result.stderr and "is not a plain path" in result.stdout + result.stderr
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_teacher_cache_is_a_declared_temp_output(tmp_path):
+    config = {**TINY, "student_methods": ["sup", "mgd"], "teacher_source": "cache",
+              "cache": {"views": 1, "batch_size": 4, "temp": True}}
+    configfile, results = tmp_path / "cache.yaml", tmp_path / "results"
+    configfile.write_text(yaml.safe_dump(config))
+    run = subprocess.run(["snakemake", "--cores", "2", "--configfile", str(configfile), "--config", f"results={results}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    partition = results / "synA" / "runs" / "ratio" / "1-4"
+    train_config = yaml.safe_load((partition / "mgd_resnet18d" / "config.yaml").read_text())
+    assert train_config["method"]["teacher_source"] == "cache"
+    assert (partition / "mgd_resnet18d" / "metrics.json").is_file()
+    # the MGD student read the finished cache, which temp() then removed; no partial folder is left
+    assert "Removing temporary output" in run.stdout + run.stderr
+    assert not Path(train_config["method"]["teacher_cache"]).exists()
+    assert [path.name for path in (partition / "teacher_cache").iterdir()] == ["k1_g7.yaml"]
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_stops_the_workflow_before_any_training(tmp_path):
+    configfile, results = tmp_path / "tiny.yaml", tmp_path / "results"
+    configfile.write_text(yaml.safe_dump(TINY))
+    args = ("--configfile", str(configfile), "--config", f"results={results}")
+    made = snakemake(str(results / "synA" / "dataset.yaml"), str(results / "synA" / "data" / "dataset.json"), *args)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    corrupt = results / "synA" / "data" / "images" / "train_00003.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:40])  # truncated
+    run = subprocess.run(["snakemake", "--cores", "2", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode != 0
+    log = (results / "logs" / "checks" / "synA" / "train.log").read_text()
+    assert "train_00003.png" in log
+    assert not (results / "synA" / "checks" / "train.json").exists()
+    assert not list(results.glob("synA/runs/*/*/*/model.pt")) and not (results / "logs" / "train").exists()

@@ -204,7 +204,7 @@ def _mobilenet_f(x: torch.Tensor, s: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def reference_forward(s: dict, name: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, decoder feature) of the official network ``name`` with weights ``s``, eval mode."""
     low, high = _mobilenet_f(images, s) if name == "mobilenetv2_dilated" else _resnet_f(images, s, name)
-    branches = torch.cat([_conv_f(high, s, f"head.aspp.map_convs.0")]
+    branches = torch.cat([_conv_f(high, s, "head.aspp.map_convs.0")]
                          + [_conv_f(high, s, f"head.aspp.map_convs.{i}", dilation=rate)
                             for i, rate in ((1, 6), (2, 12), (3, 18))], dim=1)
     out = _conv_f(F.leaky_relu(_bn_f(branches, s, "head.aspp.map_bn"), 0.01), s, "head.aspp.red_conv")

@@ -136,6 +136,16 @@ def official_network_state(name: str, num_classes: int, seed: int = 0) -> dict:
     return {**{f"backbone.{k}": v for k, v in backbone.items()}, **head}
 
 
+class PlantedPayload:
+    """Unpickling this writes ``marker``: a file holding it must be refused without running it."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (self.marker.write_text, ("payload ran",))
+
+
 # ---- functional reference forward (eval mode) ----
 
 def _bn_f(x: torch.Tensor, s: dict, key: str) -> torch.Tensor:

@@ -10,7 +10,7 @@ from mgd.cli import main as cli_main
 from mgd.errors import CheckpointError
 from mgd.models import load_model
 from mgd.models.official import import_checkpoint
-from official_layout import official_network_state, reference_forward
+from official_layout import PlantedPayload, official_network_state, reference_forward
 
 NUM_CLASSES = 21
 
@@ -101,13 +101,8 @@ def test_checkpoint_problems_name_the_file(tmp_path) -> None:
 
 def test_planted_pickle_payload_does_not_run(tmp_path) -> None:
     marker = tmp_path / "ran"
-
-    class Payload:
-        def __reduce__(self):
-            return (marker.write_text, ("payload ran",))
-
     planted = tmp_path / "planted.pth"
-    torch.save({"model": {"branch1.classifier.weight": torch.zeros(1)}, "x": Payload()}, planted)
+    torch.save({"model": {"branch1.classifier.weight": torch.zeros(1)}, "x": PlantedPayload(marker)}, planted)
     with pytest.raises(CheckpointError, match="planted.pth.*weights_only"):
         import_checkpoint(planted, tmp_path / "out.pt")
     assert not marker.exists()

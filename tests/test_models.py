@@ -22,7 +22,7 @@ from mgd.models import (
     weights_sha256,
 )
 from mgd.models import backbones as backbones_module
-from official_layout import resnet_backbone_state
+from official_layout import PlantedPayload, resnet_backbone_state
 
 BACKBONES = [*PAPER_BACKBONES, "resnet18d", "mobilenetv2_100"]
 NUM_CLASSES = 5
@@ -239,13 +239,8 @@ def test_flipped_bytes_in_a_tensor_are_refused(models: dict, tmp_path) -> None:
 
 def test_planted_pickle_in_a_model_file_does_not_run(tmp_path) -> None:
     marker = tmp_path / "ran"
-
-    class Payload:
-        def __reduce__(self):
-            return (marker.write_text, ("payload ran",))
-
     planted = tmp_path / "planted.pt"
-    torch.save({"format": "mgd.model", "version": 2, "payload": Payload()}, planted)
+    torch.save({"format": "mgd.model", "version": 2, "payload": PlantedPayload(marker)}, planted)
     with pytest.raises(CheckpointError, match="planted.pt: cannot read"):
         load_model(planted)
     assert not marker.exists()

@@ -176,6 +176,7 @@ def thumbnail(images: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(images.float(), THUMBNAIL_SIZE)
 
 
+@torch.no_grad()
 def storage_form(output, classifier: nn.Module | None, images: torch.Tensor, layout: CacheLayout,
                  fields: tuple[str, ...]) -> ViewTargets:
     """A model's ``output`` (``SegmentationOutput``) on ``images`` reduced to ``fields`` in storage form."""

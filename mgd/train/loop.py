@@ -318,7 +318,7 @@ class Trainer:
         }
         if self.is_main:
             exported = self.objective.exported_model()
-            save_model(self.output_dir / MODEL_NAME, getattr(exported, "module", exported).to("cpu"))
+            save_model(self.output_dir / MODEL_NAME, getattr(exported, "module", exported).to("cpu"), classes=self.labeled.classes)
             write_json_atomic(self.output_dir / SUMMARY_NAME, summary)
         return summary
 

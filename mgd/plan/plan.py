@@ -54,11 +54,38 @@ class Plan:
         """The mgd commands of a training job: train, then (evaluate_in_training_job) evaluate; shell
         text with every value quoted."""
         folder = self.paths.run_dir(ds, proto, slug, run)
-        words = ["train", "--config", f"{folder}/config.yaml"]
-        if self.config["evaluate_in_training_job"]:
-            words += ["--", "evaluate", "--model", f"{folder}/model.pt", "--dataset-config", self.paths.dataset_yaml(ds),
-                      "--split", "val", *self.evaluate_arguments(ds), "--out", f"{folder}/metrics.json"]
-        return shlex.join(words)
+        return shlex.join(["train", "--config", f"{folder}/config.yaml", *self.evaluate_in_job(ds, proto, slug, run)])
+
+    def evaluate_in_job(self, ds: str, proto: str, slug: str, run: str) -> list[str]:
+        """The `-- evaluate ...` words a job producing a model adds with evaluate_in_training_job
+        (none without: then the evaluate rule writes metrics.json)."""
+        if not self.config["evaluate_in_training_job"]:
+            return []
+        folder = self.paths.run_dir(ds, proto, slug, run)
+        return ["--", "evaluate", "--model", f"{folder}/model.pt", "--dataset-config", self.paths.dataset_yaml(ds),
+                "--split", "val", *self.evaluate_arguments(ds), "--out", f"{folder}/metrics.json"]
+
+    # -- teachers imported from official checkpoints -----------------------------------------------
+    def imported_runs(self) -> dict[str, Run]:
+        """Every imported teacher by its run folder relative to ``results`` (the import_teacher
+        rule's wildcard: only these folders are imported, every other teacher is trained)."""
+        prefix = f"{self.paths.results}/"
+        return {self.paths.run_dir(*key).removeprefix(prefix): run for key, run in self.runs.items() if run.imported}
+
+    def import_inputs(self, ds: str, proto: str, slug: str, run: str) -> dict[str, str | list[str]]:
+        """Inputs of an import job: the official checkpoint and the dataset (its class names)."""
+        return {"checkpoint": self.run(ds, proto, slug, run).source, "dataset": self.dataset_inputs(ds)}
+
+    def import_commands(self, ds: str, proto: str, slug: str, run: str) -> str:
+        """The mgd commands of an import job: `mgd import-weights` into the folder a trained teacher
+        would have (checking backbone and, through the dataset's class names, class count), then
+        (evaluate_in_training_job) evaluate; shell text with every value quoted."""
+        spec = self.run(ds, proto, slug, run)
+        if not spec.imported:
+            raise ConfigError(f"run {'/'.join(spec.key)} is trained, not imported")
+        words = ["import-weights", spec.source, self.paths.model(ds, proto, slug, run), "--branch", spec.branch,
+                 "--backbone", spec.backbone, "--dataset-config", self.paths.dataset_yaml(ds)]
+        return shlex.join(words + self.evaluate_in_job(ds, proto, slug, run))
 
     # -- datasets and splits -------------------------------------------------------------------
     def dataset_slice(self, ds: str) -> dict:
@@ -185,6 +212,8 @@ def build_plan(config: dict) -> Plan:
                 plan.cache_configs[key] = _validated_train_config(
                     cache_train_config(config, paths, *key, layout), f"cache config of {'/'.join(key)}")
     for run in registry.runs.values():
+        if run.imported:
+            continue
         cache_dir = plan.cache_dir(*run.partition_key) if uses_cache(config, run) else None
         run.train_config = _validated_train_config(train_config(config, paths, run, cache_dir),
                                                    f"train config of run {'/'.join(run.key)}")

@@ -5,6 +5,7 @@
 # and figure to the file it reads. `mgd plan --configfile FILE` prints the same plan.
 
 import json
+import re
 from pathlib import Path
 
 import yaml

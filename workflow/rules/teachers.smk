@@ -49,3 +49,42 @@ rule train_teacher:
         CONDA_ENV
     shell:
         TRAIN_SHELL
+
+
+# Teachers taken from official checkpoints (datasets.<ds>.teachers.<TD|TW>.checkpoints): at the
+# listed partitions `mgd import-weights` writes the teacher's model.pt (protected, at the path a
+# trained teacher has, so students, caches and evaluation are unchanged) and train_teacher is never
+# scheduled there: this rule's wildcard matches only the imported run folders, and the ruleorder
+# prefers it where both rules could make a file.
+IMPORTED = PLAN.imported_runs()
+
+if IMPORTED:
+
+    ruleorder: import_teacher > train_teacher
+
+    rule import_teacher:
+        """An official MGD-SSSS / CPS checkpoint as the teacher's model file (architecture and class
+        names checked), evaluated like a trained teacher."""
+        input:
+            unpack(lambda wc: PLAN.import_inputs(*IMPORTED[wc.imported].key)),
+        output:
+            model=protected(f"{RES}/{{imported}}/model.pt"),
+            **({"metrics": f"{RES}/{{imported}}/metrics.json"} if EVAL_IN_TRAIN else {}),
+        wildcard_constraints:
+            imported="|".join(re.escape(folder) for folder in IMPORTED),
+        params:
+            commands=lambda wc: PLAN.import_commands(*IMPORTED[wc.imported].key),
+        log:
+            f"{RES}/logs/import/{{imported}}.log",
+        benchmark:
+            benchmark("import/{imported}")
+        threads: THREADS["evaluate"]
+        resources:
+            gpu=GPUS if EVAL_IN_TRAIN else 0,
+            mem_mb=lambda wc: CFG["datasets"][IMPORTED[wc.imported].dataset]["resources"]["evaluate_mem_mb"],
+            runtime=lambda wc: CFG["datasets"][IMPORTED[wc.imported].dataset]["resources"]["evaluate_runtime"],
+        conda:
+            CONDA_ENV
+        shell:
+            "export OMP_NUM_THREADS={threads:q} MKL_NUM_THREADS={threads:q}; "
+            "mgd job --gpus {resources.gpu:q} -- {params.commands} > {log:q} 2>&1"

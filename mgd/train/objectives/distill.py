@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mgd.data import build_dataset
 from mgd.errors import ConfigError
 from mgd.losses import (
     cwd_loss,
@@ -54,6 +55,20 @@ def teacher_entries(params: dict, method: str) -> list[tuple[str, str, str]]:
     if not entries:
         raise ConfigError(f"config key method.teachers: method {method!r} needs at least one teacher")
     return entries
+
+
+def check_teacher_classes(teacher: nn.Module, path: str, key: str, num_classes: int,
+                          dataset_classes: tuple[str, ...] | None) -> None:
+    """ConfigError unless ``teacher`` predicts the dataset's classes: by name where its file records
+    them (an imported official checkpoint with another dataset's class order would distil wrong
+    targets silently), by count where it records none."""
+    if teacher.num_classes != num_classes:
+        raise ConfigError(
+            f"config key {key}: teacher {path} predicts {teacher.num_classes} classes, the dataset has {num_classes}"
+        )
+    if teacher.class_names is not None and tuple(teacher.class_names) != tuple(dataset_classes):
+        raise ConfigError(f"config key {key}: teacher {path} was trained on classes ({', '.join(teacher.class_names)}) "
+                          f"but the dataset has ({', '.join(dataset_classes)})")
 
 
 def check_cacheable(objective_cls: type[TeacherDistillation], params: dict) -> None:
@@ -100,16 +115,16 @@ class TeacherDistillation(Objective):
             self.view_replay, self.layout = self.cache.views, self.cache.layout
         #: where each teacher's targets come from, by name; a cached teacher is never loaded
         self.sources: dict[str, TeacherSource] = {}
+        dataset_classes = None  # the dataset's class names, read once a teacher file records names
         for name, path, key in entries:
             if from_cache:
                 store = self.cache.store(path, key, num_classes, self.view_fields)
                 self.sources[name] = CachedTeacher(store, self.layout, self.view_fields)
                 continue
             teacher = load_model(path)
-            if teacher.num_classes != num_classes:
-                raise ConfigError(
-                    f"config key {key}: teacher {path} predicts {teacher.num_classes} classes, the dataset has {num_classes}"
-                )
+            if teacher.class_names is not None:
+                dataset_classes = dataset_classes or build_dataset(cfg["data"]["dataset"], "train").classes
+            check_teacher_classes(teacher, path, key, num_classes, dataset_classes)
             self.frozen[f"teacher_{name}"] = teacher
             self.sources[name] = OnlineTeacher(teacher, self.layout, self.view_fields, self.mixed_targets)
         self.trainable["student"] = self.build_student(cfg["seed"])

@@ -287,6 +287,81 @@ def test_training_and_splits_depend_on_the_data_checks():
     assert checks[0] in plan.split_inputs("synA", "ratio", "1-4")
 
 
+# -- teachers imported from official checkpoints ------------------------------------------------
+def imported_config(checkpoints: dict | None = None, **teacher) -> dict:
+    """The smoke config with synA's T_D imported at 1/4 (an importable backbone)."""
+    cfg = config()
+    cfg["datasets"]["synA"]["teachers"]["TD"] = {**cfg["datasets"]["synA"]["teachers"]["TD"], "backbone": "resnet18_v1c",
+                                                 "checkpoints": checkpoints or {"1/4": "ckpt/teacher td.pth"}, **teacher}
+    return cfg
+
+
+def test_imported_teacher_is_not_trained_and_feeds_its_students(capsys):
+    plan = build_plan(imported_config(checkpoint_branch="branch2"))
+    key = ("synA", "ratio", "1-4", "teacher_TD")
+    teacher = plan.run(*key)
+    assert (teacher.imported, teacher.source, teacher.branch, teacher.train_config) == (True, "ckpt/teacher td.pth", "branch2", {})
+    assert list(plan.imported_runs()) == ["synA/runs/ratio/1-4/teacher_TD"]  # only copy 0 at that partition
+    for other in (("synA", "ratio", "1-4", "teacher_TD_seed1"), ("synA", "few", "4", "teacher_TD"),
+                  ("synB", "ratio", "1-4", "teacher_TD"), ("synA", "ratio", "1-4", "teacher_TW")):
+        assert not plan.run(*other).imported and plan.run(*other).train_config["optim"]["iterations"] == 2
+    model = plan.paths.model(*key)
+    student = plan.run("synA", "ratio", "1-4", "mgd_resnet18d")
+    assert model in plan.run_inputs(*student.key)["teachers"]  # the path a trained teacher has
+    assert student.train_config["method"]["teachers"][0] == {"name": "TD", "model": model}
+    assert plan.import_inputs(*key) == {"checkpoint": "ckpt/teacher td.pth", "dataset": plan.dataset_inputs("synA")}
+    words = shlex.split(plan.import_commands(*key))
+    assert words[:9] == ["import-weights", "ckpt/teacher td.pth", model, "--branch", "branch2", "--backbone",
+                         "resnet18_v1c", "--dataset-config", plan.paths.dataset_yaml("synA")]
+    assert words[9:11] == ["--", "evaluate"] and words[-2:] == ["--out", plan.paths.metrics(*key)]
+    separate = build_plan({**imported_config(), "evaluate_in_training_job": False})
+    assert "--" not in shlex.split(separate.import_commands(*key))  # the evaluate rule scores it
+    with pytest.raises(ConfigError, match="is trained, not imported"):
+        plan.import_commands("synA", "ratio", "1-4", "teacher_TW")
+    cached = build_plan({**imported_config(), "teacher_source": "cache"})
+    assert "teacher_TD" in {ref.run for ref in cached.cache_layout("synA", "ratio", "1-4").teachers}
+
+    configfile = REPO / "config" / "smoke.yaml"
+    overrides = ["datasets={synA: {teachers: {TD: {backbone: resnet18_v1c, checkpoints: {'1/4': ckpt/td.pth}}}}}"]
+    assert mgd_main(["plan", "--configfile", str(configfile), "--config", *overrides, "--json"]) == 0
+    runs = {(run["dataset"], run["protocol"], run["id"]): run for run in json.loads(capsys.readouterr().out)["runs"]}
+    imported = runs[("synA", "ratio", "teacher_TD")]
+    assert (imported["source"], imported["branch"], imported["train_config"]) == ("ckpt/td.pth", "branch1", None)
+    assert runs[("synA", "few", "teacher_TD")]["source"] is None
+    assert mgd_main(["plan", "--configfile", str(configfile), "--config", *overrides]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line.split() for line in lines if line.startswith("synA/ratio/1-4/teacher_TD "))
+    assert row[1:] == ["import", "resnet18_v1c", "1/4", "-", "-", "-", "-", "-"]
+    assert lines[-1].startswith("61 runs (10 teachers, 1 imported, 51 students)")
+
+
+def test_bad_checkpoints_name_the_key():
+    key = "config key datasets.synA.teachers.TD.checkpoints: "
+    with pytest.raises(ConfigError, match=key + r"'1/3' is not a partition of any protocol \(\['1/4', '4'\]\)"):
+        build_plan(imported_config({"1/3": "td.pth"}))
+    with pytest.raises(ConfigError, match=key + "backbone 'resnet18d' cannot be imported"):
+        build_plan(imported_config(backbone="resnet18d"))
+    twice = imported_config()
+    twice["datasets"]["synA"]["protocols"]["other"] = {"ratios": ["1/4"], "seed": 1}
+    with pytest.raises(ConfigError, match=key + "partition '1/4' is in protocols ratio, other"):
+        build_plan(twice)
+    with pytest.raises(ConfigError, match="config key datasets.synA.teachers.TD.checkpoint_branch"):
+        build_plan(imported_config(checkpoint_branch="branch4"))
+
+
+@pytest.mark.parametrize("path", ["td.pth; rm -rf ~", "$(touch /tmp/pwned).pth", "-td.pth", "td{ds}.pth", "td\n.pth"])
+def test_checkpoint_paths_must_be_plain(path):
+    with pytest.raises(ConfigError, match=r"config key datasets.synA.teachers.TD.checkpoints.* is not a plain path"):
+        build_plan(imported_config({"1/4": path}))
+
+
+def test_importable_backbones_are_the_import_commands():
+    from mgd.models import PAPER_BACKBONES as IMPORT_CHOICES  # torch: imported here only
+    from mgd.plan.checks import IMPORTABLE_BACKBONES
+
+    assert set(IMPORTABLE_BACKBONES) == set(IMPORT_CHOICES)
+
+
 # -- config/README.md documents every key ----------------------------------------------------------
 #: placeholder of each map whose keys the user names
 MAP_NAMES = {"datasets": "<dataset>", "protocols": "<protocol>", "students": "<backbone>", "import": "<partition>"}

@@ -5,6 +5,7 @@ milliseconds)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -297,3 +298,42 @@ def test_a_corrupt_image_stops_the_workflow_before_any_training(tmp_path):
     assert "train_00003.png" in log
     assert not (results / "synA" / "checks" / "train.json").exists()
     assert not list(results.glob("synA/runs/*/*/*/model.pt")) and not (results / "logs" / "train").exists()
+
+
+@pytest.mark.slow
+def test_teacher_from_an_official_checkpoint_is_imported_not_trained(tmp_path):
+    import torch
+    from official_layout import official_network_state
+
+    from mgd.data.synthetic import CLASSES
+    from mgd.models import load_model
+
+    checkpoint = tmp_path / "official ckpt" / "teacher-syn4-resnet18.pth"
+    checkpoint.parent.mkdir()
+    torch.save({"model": {f"{branch}.{key}": value for seed, branch in enumerate(("branch1", "branch2"))
+                          for key, value in official_network_state("resnet18_v1c", len(CLASSES), seed).items()}},
+               checkpoint)
+    config = copy.deepcopy(TINY)
+    config["student_methods"] = ["kd"]
+    config["datasets"]["synA"]["teachers"]["TD"].update(backbone="resnet18_v1c", checkpoints={"1/4": str(checkpoint)})
+    configfile, results = tmp_path / "imported.yaml", tmp_path / "results"
+    configfile.write_text(yaml.safe_dump(config))
+    partition = results / "synA" / "runs" / "ratio" / "1-4"
+    targets = [str(partition / "kd_resnet18d" / "metrics.json"), str(partition / "teacher_TD" / "metrics.json")]
+    run = subprocess.run(["snakemake", "--cores", "2", *targets, "--configfile", str(configfile),
+                          "--config", f"results={results}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    counts = job_counts(run.stdout + run.stderr)
+    assert (counts["import_teacher"], counts["train_teacher"], counts["train_student"]) == (1, 1, 1)
+    # T_D came from branch1 of the checkpoint, with the dataset's class names; only T_W was trained
+    teacher = partition / "teacher_TD"
+    assert load_model(teacher / "model.pt").class_names == CLASSES
+    assert not (teacher / "model.pt").stat().st_mode & 0o222  # protected like a trained teacher
+    assert json.loads((teacher / "metrics.json").read_text())["classes"] == list(CLASSES)
+    assert not (teacher / "train.json").exists() and not (teacher / "config.yaml").exists()
+    assert not (results / "logs" / "train" / "synA" / "ratio" / "1-4" / "teacher_TD.log").exists()
+    assert (results / "logs" / "train" / "synA" / "ratio" / "1-4" / "teacher_TW.log").is_file()
+    assert "branch1" in (results / "logs" / "import" / "synA" / "runs" / "ratio" / "1-4" / "teacher_TD.log").read_text()
+    student = yaml.safe_load((partition / "kd_resnet18d" / "config.yaml").read_text())
+    assert student["method"]["teachers"][0] == {"name": "TD", "model": str(teacher / "model.pt")}

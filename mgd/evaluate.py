@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from mgd.errors import ConfigError, SplitError
-from mgd.inference import add_inference_arguments, infer_logits, inference_options, resolve_device
+from mgd.device import resolve_device
+from mgd.inference import add_inference_arguments, infer_logits, inference_options
 from mgd.io import sha256_file, write_json_atomic
 from mgd.metrics import ConfusionMatrix
 

@@ -132,7 +132,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tiny_split, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "killed" / "model.pt").exists(), "the run finished before it could be killed"
-    killed_at = torch.load(checkpoint, weights_only=False)["iteration"]
+    killed_at = torch.load(checkpoint, weights_only=True)["iteration"]
     assert 0 < killed_at < 24
 
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -43,7 +43,11 @@ def init_distributed(device_choice: str) -> tuple[int, int]:
     if world_size > 1 and not dist.is_initialized():
         use_cuda = device_choice != "cpu" and torch.cuda.is_available()
         if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            local_rank, visible = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+            if local_rank >= visible:
+                raise ConfigError(f"process {local_rank} of {world_size} on this node has no GPU of its own: "
+                                  f"{visible} visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+            torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

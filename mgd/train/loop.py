@@ -330,25 +330,27 @@ class Trainer:
             desc=f"{cfg['method']['name']} {cfg['model']['backbone']}", dynamic_ncols=True,
         )
         window = LossWindow()
-        for iteration in range(self.start_iteration, iterations):
-            batch = next(batches)
-            lr = self.optimizer.param_groups[0]["lr"]
-            window.add(iteration + 1, self.step(batch), lr, batch.num_images * self.world_size)
-            images_seen += batch.num_images * self.world_size
-            progress.update(1)
-            done = iteration + 1
-            checkpoint_due = done % runtime["checkpoint_every"] == 0 or done == iterations
-            if done % runtime["log_every"] == 0 or checkpoint_due:
-                rows = window.collect()  # the one host-device sync, every log_every steps
-                if log is not None:
-                    for row in rows:
-                        log.write(row.pop("iteration"), row)
-                    progress.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['lr']:.2e}")
-            if checkpoint_due:
-                if log is not None:
-                    log.flush()
-                self._save_checkpoint(done, self.elapsed_before + time.perf_counter() - run_start)
-        progress.close()
+        try:
+            for iteration in range(self.start_iteration, iterations):
+                batch = next(batches)
+                lr = self.optimizer.param_groups[0]["lr"]
+                window.add(iteration + 1, self.step(batch), lr, batch.num_images * self.world_size)
+                images_seen += batch.num_images * self.world_size
+                progress.update(1)
+                done = iteration + 1
+                checkpoint_due = done % runtime["checkpoint_every"] == 0 or done == iterations
+                if done % runtime["log_every"] == 0 or checkpoint_due:
+                    rows = window.collect()  # the one host-device sync, every log_every steps
+                    if log is not None:
+                        for row in rows:
+                            log.write(row.pop("iteration"), row)
+                        progress.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['lr']:.2e}")
+                if checkpoint_due:
+                    if log is not None:
+                        log.flush()
+                    self._save_checkpoint(done, self.elapsed_before + time.perf_counter() - run_start)
+        finally:  # the bar ends its line, so an error message starts on its own
+            progress.close()
         wall = self.elapsed_before + time.perf_counter() - run_start
         summary = self._finish(iterations, wall, images_seen, time.perf_counter() - run_start)
         if log is not None:

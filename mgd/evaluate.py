@@ -47,6 +47,7 @@ def evaluate_model(
     flip: bool = False,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    window_batch: int = 8,
 ) -> dict:
     """Metrics of ``model`` on every sample of ``dataset`` (a mgd.data dataset, untransformed).
 
@@ -75,7 +76,7 @@ def evaluate_model(
     for sample in tqdm(loader, desc="evaluate", unit="img", disable=rank != 0):
         image = sample["image"].to(device, non_blocking=True)
         logits = infer_logits(model, image, mode=mode, window=window, stride=stride, flip=flip,
-                              num_classes=dataset.num_classes)
+                              num_classes=dataset.num_classes, window_batch=window_batch)
         matrix.update(logits.argmax(dim=1), sample["mask"].to(device, non_blocking=True))
     matrix.all_reduce()
     result = matrix.compute()

@@ -91,8 +91,13 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$FREE_MB State=UNKNOWN
+GresTypes=gpu
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$FREE_MB Gres=gpu:2 State=UNKNOWN
 PartitionName=main Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+EOF
+# Two schedulable GPUs without device files: SLURM grants --gpus=2 on this CPU-only node.
+cat > /etc/slurm/gres.conf <<EOF
+NodeName=$HOST Name=gpu Count=2
 EOF
 
 # -- daemons ------------------------------------------------------------------------------------
@@ -131,4 +136,22 @@ submitted=$(grep -c "has been submitted with SLURM jobid" "$STATE/snakemake.log"
 log "jobs submitted to SLURM by this run: $submitted"
 squeue -h -t all -o "%i %j %T %M" || true
 [ "$submitted" -ge 1 ] || { log "no job went through SLURM"; exit 1; }
+
+# -- one 2-process training job: gpus_per_job=2 ------------------------------------------------
+MULTI="$RESULTS-2gpu"
+MULTI_RUN="$MULTI/synA/runs/ratio/1-4/sup_resnet18d"
+log "running $MULTI_RUN with gpus_per_job=2 through profiles/slurm"
+snakemake --profile profiles/slurm --configfile config/smoke.yaml \
+    --config gpus_per_job=2 results="$MULTI" \
+    --slurm-no-account --default-resources slurm_partition=main mem_mb=2000 runtime=10 \
+    --jobs 2 --slurm-init-seconds-before-status-checks 1 --slurm-status-command squeue \
+    "$MULTI_RUN/metrics.json" 2>&1 | tee "$STATE/snakemake-2gpu.log"
+test -s "$MULTI_RUN/metrics.json" || { log "missing $MULTI_RUN/metrics.json"; exit 1; }
+python - "$MULTI_RUN/train.json" <<'PY'
+import json, sys
+summary = json.load(open(sys.argv[1]))
+assert summary["world_size"] == 2, f"{sys.argv[1]}: world_size {summary['world_size']}, expected 2"
+PY
+grep -q "mgd job: 2 processes" "$MULTI/logs/train/synA/ratio/1-4/sup_resnet18d.log" \
+    || { log "the training job did not start 2 processes"; exit 1; }
 log "ok"

@@ -254,22 +254,22 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="CPU-sized run: crop 64, batch 2, stand-in teachers")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--teachers", nargs=2, help=f"T_D and T_W backbones (default {' '.join(TEACHERS)})")
-    parser.add_argument("--students", nargs="+", help=f"student backbones (default {' '.join(STUDENTS)})")
+    parser.add_argument("--students", nargs="+", help=f"student backbones (default {' '.join(STUDENTS)}; --tiny {STUDENTS[0]})")
     parser.add_argument("--crop", type=int, help="crop size (default 512; --tiny 64)")
     parser.add_argument("--batch", type=int, help="labeled batch = each unlabeled batch (default 8; --tiny 2)")
-    parser.add_argument("--steps", type=int, help="timed steps per row (default 10; --tiny 2)")
+    parser.add_argument("--steps", type=int, help="timed steps per row (default 10; --tiny 1)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; --tiny 1)")
     parser.add_argument("--workers", type=int, help="loader workers per stream (default 4; --tiny 1)")
-    parser.add_argument("--eval-images", type=int, help="evaluation images (default 8; --tiny 2)")
+    parser.add_argument("--eval-images", type=int, help="evaluation images (default 8; --tiny 1)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile row")
     parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
     args = parser.parse_args()
-    defaults = (dict(crop=64, batch=2, steps=2, warmup=1, workers=1, eval_images=2, teachers=TINY_TEACHERS)
-                if args.tiny else dict(crop=512, batch=8, steps=10, warmup=3, workers=4, eval_images=8, teachers=TEACHERS))
+    defaults = (dict(crop=64, batch=2, steps=1, warmup=1, workers=1, eval_images=1, teachers=TINY_TEACHERS,
+                     students=STUDENTS[:1]) if args.tiny else
+                dict(crop=512, batch=8, steps=10, warmup=3, workers=4, eval_images=8, teachers=TEACHERS, students=STUDENTS))
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, list(value) if isinstance(value, tuple) else value)
-    args.students = args.students or list(STUDENTS)
     args.compile = args.compile and not args.tiny
     args.device_resolved = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     args.device = args.device_resolved

@@ -7,6 +7,7 @@ size) and written with the run's provenance to a metrics JSON file.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
 from pathlib import Path
@@ -20,8 +21,10 @@ from tqdm import tqdm
 from mgd.errors import ConfigError, SplitError
 from mgd.device import resolve_device
 from mgd.inference import add_inference_arguments, infer_logits, inference_options
-from mgd.io import sha256_file, write_json_atomic
+from mgd.io import ensure_writable_dir, refuse_overwriting_inputs, sha256_file, write_json_atomic
 from mgd.metrics import ConfusionMatrix
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mgd.data import SegmentationDataset
@@ -98,16 +101,15 @@ def main(args: argparse.Namespace) -> int:
 
     options = inference_options(args)
     device = resolve_device(args.device)
+    refuse_overwriting_inputs({"--out": args.out},
+                              {"--model": args.model, "--dataset-config": args.dataset_config, "--ids": args.ids})
+    ensure_writable_dir(args.out.parent, "--out folder")
     dataset_cfg = load_dataset_config(args.dataset_config)
     dataset = build_dataset(dataset_cfg, split=args.split)
     if args.ids is not None:
         dataset = dataset.subset(read_ids(args.ids))
     model = load_model(args.model)
-    if model.num_classes != dataset.num_classes:
-        raise ConfigError(
-            f"model {args.model} has {model.num_classes} classes but dataset config "
-            f"{args.dataset_config} has {dataset.num_classes}"
-        )
+    check_class_names(model, dataset.classes, args.model, args.dataset_config)
 
     start = time.perf_counter()
     metrics = evaluate_model(model, dataset, device=device, num_workers=args.workers, **options)
@@ -128,6 +130,29 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(metrics))
     print(f"wrote {args.out}")
     return 0
+
+
+def check_class_names(model: nn.Module, classes: tuple[str, ...], model_path: Path, dataset_config: Path) -> None:
+    """ConfigError unless the model's class names (or, where its file records none, its class
+    count) are those of the dataset."""
+    recorded = getattr(model, "class_names", None)
+    if recorded is None:
+        if model.num_classes != len(classes):
+            raise ConfigError(
+                f"model {model_path} has {model.num_classes} classes but dataset config "
+                f"{dataset_config} has {len(classes)}"
+            )
+        logger.warning("%s records no class names; only the class count is checked", model_path)
+        return
+    if tuple(recorded) != tuple(classes):
+        differ = next(
+            (i for i, pair in enumerate(zip(recorded, classes)) if pair[0] != pair[1]),
+            min(len(recorded), len(classes)),
+        )
+        raise ConfigError(
+            f"model {model_path} was trained on classes ({', '.join(recorded)}) but dataset config "
+            f"{dataset_config} has ({', '.join(classes)}); first difference at index {differ}"
+        )
 
 
 def format_table(metrics: dict) -> str:

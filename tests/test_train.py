@@ -111,6 +111,7 @@ def _state(path: Path) -> dict:
     return load_model(path).state_dict()
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted_run(tiny_split, tmp_path):
     split_dir, root = tiny_split
     cfg = base_config(split_dir, root, tmp_path / "reference", "mt")

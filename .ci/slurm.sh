@@ -68,7 +68,7 @@ munge -n | unmunge | grep -q "STATUS:.*Success"
 
 # -- slurm.conf ---------------------------------------------------------------------------------
 HOST="$(hostname -s)"
-CPUS="$(nproc)"
+CPUS="$(nproc --all)"  # not nproc: it follows OMP_NUM_THREADS, exported above
 FREE_MB="$(awk '/MemAvailable/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)"
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 cat > /etc/slurm/slurm.conf <<EOF
@@ -95,14 +95,19 @@ GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$FREE_MB Gres=gpu:2 State=UNKNOWN
 PartitionName=main Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
-# Two schedulable GPUs without device files: SLURM grants --gpus=2 on this CPU-only node.
+# Two schedulable GPUs on this CPU-only node: SLURM wants character devices, so two copies of
+# /dev/null stand in for /dev/nvidia0-1. SLURM grants --gpus=2 and sets CUDA_VISIBLE_DEVICES=0,1;
+# CUDA finds no device there and the job's processes use gloo.
+for index in 0 1; do
+    [ -c "/var/spool/slurmd/fakegpu$index" ] || { rm -f "/var/spool/slurmd/fakegpu$index"; mknod -m 666 "/var/spool/slurmd/fakegpu$index" c 1 3; }
+done
 cat > /etc/slurm/gres.conf <<EOF
-NodeName=$HOST Name=gpu Count=2
+NodeName=$HOST Name=gpu File=/var/spool/slurmd/fakegpu[0-1]
 EOF
 
 # -- daemons ------------------------------------------------------------------------------------
 log "starting slurmctld and slurmd ($CPUS CPUs, ${FREE_MB} MB on $HOST)"
-/usr/sbin/slurmctld
+/usr/sbin/slurmctld -c  # -c: a clean state, no node or job left by an earlier run
 for _ in $(seq 50); do [ -s "$STATE/slurmctld.pid" ] && break; sleep 0.2; done
 PIDS+=("$(cat "$STATE/slurmctld.pid")")
 /usr/sbin/slurmd

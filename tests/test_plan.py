@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import shlex
 import subprocess
 import sys
 from functools import cache
@@ -224,3 +226,109 @@ def test_paper_backbone_names():
     assert {PAPER_BACKBONES[name] for name in ("mobilenetv2_100", "mobilenetv2_dilated")} == {"MobileNetV2"}
     paper = yaml.safe_load((REPO / "workflow" / "paper_tables.yaml").read_text())
     assert "ResNet-18" in json.dumps(paper) and "MobileNetV2" in json.dumps(paper)
+
+
+#: each paper config as it is run (config/paper.yaml is layered over the two dataset configs)
+PAPER_CONFIGS = {"voc": ["voc.yaml"], "cityscapes": ["cityscapes.yaml"],
+                 "paper": ["voc.yaml", "cityscapes.yaml", "paper.yaml"], "camvid": ["camvid.yaml"]}
+
+
+@pytest.mark.parametrize("files", PAPER_CONFIGS.values(), ids=PAPER_CONFIGS)
+def test_paper_configs_build_a_plan(files):
+    plan = build_plan(load_workflow_config([str(REPO / "config" / name) for name in files], ["data_root=/datasets"]))
+    assert plan.tables and plan.runs
+    for ds, dcfg in plan.config["datasets"].items():
+        assert plan.dataset_slice(ds)["root"].startswith("/datasets/")
+        for proto, protocol in dcfg["protocols"].items():
+            for lists in protocol.get("import", {}).values():  # the split lists ship in the repository
+                assert (REPO / lists["labeled"]).is_file() and (REPO / lists["unlabeled"]).is_file()
+
+
+# -- shell safety -----------------------------------------------------------------------------
+@pytest.mark.parametrize("key, value", [
+    (("results",), "/tmp/$(touch /tmp/pwned)"), (("results",), "out`id`"), (("results",), "a;b"),
+    (("results",), "res\n"), (("results",), "-rf"), (("results",), "~/results"), (("results",), "res/{ds}"),
+    (("data_root",), "/data|x"), (("datasets", "synA", "dataset", "root"), "a&b"),
+    (("datasets", "synA", "dataset", "val_list"), "v'al.txt"),
+])
+def test_paths_must_be_plain(key, value):
+    cfg = config()
+    if key[-2:] in (("dataset", "root"), ("dataset", "val_list")):
+        cfg["datasets"]["synA"] = {**cfg["datasets"]["synA"], "dataset": {"name": "camvid", "root": "CamVid"}}
+        del cfg["datasets"]["synA"]["synth"]
+    target = cfg
+    for part in key[:-1]:
+        target = target[part]
+    target[key[-1]] = value
+    with pytest.raises(ConfigError, match=rf"config key {re.escape('.'.join(key))}: .* is not a plain path"):
+        build_plan(cfg)
+
+
+def test_shell_commands_quote_every_value():
+    results = "/tmp/x y/rés,ults"
+    plan = build_plan(config(results=results, evaluate_in_training_job=True, teacher_source="cache"))
+    run = plan.run("synA", "ratio", "1-4", "mgd_resnet18d")
+    words = shlex.split(plan.train_commands(*run.key))
+    folder = plan.paths.run_dir(*run.key)
+    assert folder.startswith(results)
+    assert words[:3] == ["train", "--config", f"{folder}/config.yaml"]
+    assert words[words.index("--out") + 1] == f"{folder}/metrics.json"
+    split = shlex.split(plan.split_command("synA", "ratio", "1-4"))
+    assert split[split.index("--out") + 1] == f"{results}/synA/splits/ratio"
+    assert shlex.split(plan.cache_options("synA", "ratio", "1-4"))[-4:] == ["--feature-grids", "3", "7", "--dense-logits"]
+    models = shlex.split(plan.figure_model_options())
+    assert models[0] == "--model" and models[1] == f"Sup={plan.figures['models']['Sup']}"
+
+
+def test_training_and_splits_depend_on_the_data_checks():
+    plan = build_plan(config())
+    checks = [f"results/smoke/synA/checks/{split}.json" for split in ("train", "val")]
+    assert plan.run_inputs("synA", "ratio", "1-4", "teacher_TD")["checks"] == checks
+    assert checks[0] in plan.split_inputs("synA", "ratio", "1-4")
+
+
+# -- config/README.md documents every key ----------------------------------------------------------
+#: placeholder of each map whose keys the user names
+MAP_NAMES = {"datasets": "<dataset>", "protocols": "<protocol>", "students": "<backbone>", "import": "<partition>"}
+
+
+def schema_keys(schema: dict) -> list[tuple[str, str]]:
+    """(parent, key) of every key of the workflow schema, parents as `datasets.<dataset>.train`
+    (local $refs followed; the train schema's method parameters are documented there)."""
+
+    def resolve(node: dict) -> dict:
+        while node.get("$ref", "").startswith("#/$defs/"):
+            node = {**schema["$defs"][node["$ref"].removeprefix("#/$defs/")],
+                    **{key: value for key, value in node.items() if key != "$ref"}}
+        return node
+
+    def walk(node: dict, parent: str):
+        node = resolve(node)
+        for key, sub in node.get("properties", {}).items():
+            yield parent, key
+            yield from walk(sub, f"{parent}.{key}" if parent else key)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict) and "properties" in resolve(extra):
+            yield from walk(extra, f"{parent}.{MAP_NAMES[parent.rsplit('.', 1)[-1]]}")
+
+    return list(walk(schema, ""))
+
+
+def readme_sections(text: str) -> dict[str, str]:
+    """`### heading` -> the text up to the next heading."""
+    parts = re.split(r"^### (.+)$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_config_readme_documents_every_schema_key():
+    schema = yaml.safe_load((REPO / "mgd" / "schemas" / "workflow.schema.yaml").read_text())
+    sections = readme_sections((REPO / "config" / "README.md").read_text())
+    keys = schema_keys(schema)
+    assert ("datasets.<dataset>.teachers.TW", "pretrained") in keys and ("cache", "temp") in keys
+    missing = []
+    for parent, key in keys:
+        heading = f"`{parent or '(top level)'}`"
+        body = next((body for title, body in sections.items() if heading in title), "")
+        if f"| `{key}` |" not in body:
+            missing.append(f"{parent or '(top level)'}: {key}")
+    assert not missing, f"config/README.md does not document: {missing}"

@@ -210,8 +210,10 @@ def train_config(config: dict, paths: Paths, run: Run, cache_dir: str | None = N
 
 
 def cache_train_config(config: dict, paths: Paths, ds: str, proto: str, slug: str, layout: CacheLayout) -> dict:
-    """The config `mgd cache` reads: an MGD run at this partition listing every teacher to cache."""
-    cache_dir = paths.cache_dir(ds, proto, slug, layout.name)
+    """The config `mgd cache` reads: an MGD run at this partition listing every teacher to cache. It
+    writes (and resumes) in the layout's ``.partial`` folder, which the workflow renames to the cache
+    folder the students read once the cache is complete."""
+    cache_dir = paths.cache_partial(ds, proto, slug, layout.name)
     probe = Run(
         dataset=ds, protocol=proto, slug=slug, partition=partition_display(config, ds, proto, slug), id="",
         role="student", method="mgd", backbone=config["student_backbones"][0], seed=config["seed"], ablation=None,

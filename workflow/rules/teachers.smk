@@ -3,17 +3,20 @@
 #
 # Only model.pt and train.json are declared outputs: mgd train keeps checkpoint.pt beside them,
 # so a killed job resumes from it when the same command is run again (Snakemake never deletes
-# undeclared files), and `mgd job` discards it only when the inputs changed.
+# undeclared files), and `mgd job` sets it aside only when the inputs changed. A teacher's model.pt
+# is protected (read-only): retraining one means deleting it on purpose.
 
 
 rule run_config:
     """The `mgd train` YAML of one run, from the workflow config slice it needs."""
     output:
-        f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/{{run}}/config.yaml",
+        f"{RUN}/config.yaml",
     params:
         text=lambda wc: yaml_text(PLAN.run(*run_of(wc)).train_config),
     log:
         f"{RES}/logs/setup/{{ds}}/{{proto}}/{{part}}/{{run}}_config.log",
+    benchmark:
+        benchmark("setup/{ds}/{proto}/{part}/{run}_config")
     localrule: True
     conda:
         CONDA_ENV
@@ -26,7 +29,7 @@ rule train_teacher:
     input:
         unpack(lambda wc: PLAN.run_inputs(*run_of(wc))),
     output:
-        **train_outputs(),
+        **train_outputs(protect_model=True),
     wildcard_constraints:
         run="teacher_[A-Za-z0-9_]+",
     params:
@@ -35,6 +38,8 @@ rule train_teacher:
         drop=DROP_CHECKPOINT,
     log:
         f"{RES}/logs/train/{{ds}}/{{proto}}/{{part}}/{{run}}.log",
+    benchmark:
+        benchmark("train/{ds}/{proto}/{part}/{run}")
     threads: THREADS["train"]
     resources:
         gpu=GPUS,

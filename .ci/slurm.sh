@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# CI: run part of the smoke DAG through profiles/slurm on a real single-node SLURM on localhost.
+# CI: run part of the smoke DAG through profiles/slurm on a real single-node SLURM on localhost,
+# then one 2-GPU training job (gpus_per_job=2: sbatch --gpus=2, `mgd job` runs torchrun with 2
+# processes; the node's two "GPUs" are a GRES backed by copies of /dev/null, so the processes use
+# gloo on the CPU, standing in for NCCL on real GPUs).
 #
 # Installs slurm-wlm and munge with apt (root, no systemd), writes a one-node slurm.conf, starts
 # munged, slurmctld and slurmd, runs a small smoke target with the slurm executor

@@ -116,7 +116,7 @@ def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = Non
     from mgd.models import load_model
     from mgd.splits import read_split
     from mgd.train.data import AugmentedViews
-    from mgd.train.loop import select_device
+    from mgd.device import select_device
 
     params, teachers = cache_plan(cfg)
     layout_options = {name: value for name, value in (layout_options or {}).items() if value is not None}

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from mgd.errors import ConfigError, SplitError
-from mgd.inference import add_inference_arguments, infer_logits, inference_options, resolve_device
+from mgd.device import resolve_device
+from mgd.inference import add_inference_arguments, infer_logits, inference_options
 from mgd.io import ensure_writable_dir, refuse_overwriting_inputs, sha256_file, write_json_atomic
 from mgd.metrics import ConfusionMatrix
 
@@ -49,6 +50,7 @@ def evaluate_model(
     flip: bool = False,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    window_batch: int = 8,
 ) -> dict:
     """Metrics of ``model`` on every sample of ``dataset`` (a mgd.data dataset, untransformed).
 
@@ -77,7 +79,7 @@ def evaluate_model(
     for sample in tqdm(loader, desc="evaluate", unit="img", disable=rank != 0):
         image = sample["image"].to(device, non_blocking=True)
         logits = infer_logits(model, image, mode=mode, window=window, stride=stride, flip=flip,
-                              num_classes=dataset.num_classes)
+                              num_classes=dataset.num_classes, window_batch=window_batch)
         matrix.update(logits.argmax(dim=1), sample["mask"].to(device, non_blocking=True))
     matrix.all_reduce()
     result = matrix.compute()

@@ -403,7 +403,8 @@ def plot_qualitative(dataset_config: str | Path, models: list[tuple[str, str]], 
 
     from mgd.data import build_dataset, read_dataset_config
     from mgd.data.transforms import eval_transform
-    from mgd.inference import infer_logits, resolve_device
+    from mgd.device import resolve_device
+    from mgd.inference import infer_logits
     from mgd.models import load_model
 
     dataset = build_dataset(read_dataset_config(dataset_config), "val")

@@ -71,6 +71,7 @@ def schedule(config: dict, sched: dict, partition: str) -> dict:
         "momentum": sched["momentum"],
         "weight_decay": sched["weight_decay"],
         "poly_power": sched["poly_power"],
+        "accumulate": sched["accumulate"],
     }
 
 

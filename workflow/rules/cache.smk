@@ -47,7 +47,7 @@ if CACHE:
             benchmark("cache/{ds}/{proto}/{part}/{layout}")
         threads: THREADS["train"]
         resources:
-            gpu=GPUS,
+            gpu=min(1, GPUS),  # one process: the other GPUs of a multi-GPU job stay free
             mem_mb=dataset_resources("teacher_mem_mb"),
             runtime=dataset_resources("teacher_runtime"),
         conda:

@@ -23,7 +23,7 @@ if not EVAL_IN_TRAIN:
             benchmark("evaluate/{ds}/{proto}/{part}/{run}")
         threads: THREADS["evaluate"]
         resources:
-            gpu=GPUS,
+            gpu=min(1, GPUS),  # one process: the other GPUs of a multi-GPU job stay free
             mem_mb=dataset_resources("evaluate_mem_mb"),
             runtime=dataset_resources("evaluate_runtime"),
         conda:

@@ -80,7 +80,7 @@ if IMPORTED:
             benchmark("import/{imported}")
         threads: THREADS["evaluate"]
         resources:
-            gpu=GPUS if EVAL_IN_TRAIN else 0,
+            gpu=min(1, GPUS) if EVAL_IN_TRAIN else 0,  # evaluation is one process; the import needs none
             mem_mb=lambda wc: CFG["datasets"][IMPORTED[wc.imported].dataset]["resources"]["evaluate_mem_mb"],
             runtime=lambda wc: CFG["datasets"][IMPORTED[wc.imported].dataset]["resources"]["evaluate_runtime"],
         conda:

@@ -38,8 +38,9 @@ def plan_table(plan: Plan) -> str:
         if run.imported:
             settings = ("-", "-", "-", "-")
         else:
+            data = cfg["data"]
             settings = (str(cfg["optim"]["iterations"]), f"{cfg['optim']['lr']:g}",
-                        f"{cfg['data']['batch_labeled']}+{cfg['data']['batch_unlabeled']}", str(cfg["data"]["crop_size"]))
+                        f"{data['batch_labeled']}+{data['batch_unlabeled']}", str(data["crop_size"]))
         rows.append((
             f"{run.dataset}/{run.protocol}/{run.slug}/{run.id}", "import" if run.imported else run.method,
             run.backbone, run.partition, *settings, ",".join(ref.name for ref in run.teachers) or "-",
@@ -48,8 +49,9 @@ def plan_table(plan: Plan) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     teachers = sum(run.role == "teacher" for run in plan.runs.values())
     imported = sum(run.imported for run in plan.runs.values())
-    lines.append(f"{len(plan.runs)} runs ({teachers} teachers{f', {imported} imported' if imported else ''}, "
-                 f"{len(plan.runs) - teachers} students), {len(plan.tables)} tables, {len(plan.figure_paths())} figures")
+    teacher_count = f"{teachers} teachers" + (f", {imported} imported" if imported else "")
+    lines.append(f"{len(plan.runs)} runs ({teacher_count}, {len(plan.runs) - teachers} students), "
+                 f"{len(plan.tables)} tables, {len(plan.figure_paths())} figures")
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ include: "workflow/rules/common.smk"
 rule all:
     """Every table, tables.md and every figure the config asks for."""
     input:
-        final_targets(),
+        PLAN.final_targets(),
     default_target: True
 
 

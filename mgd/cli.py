@@ -2,6 +2,8 @@
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``;
 only the module of the command being run is imported, so ``mgd --help`` stays fast.
+A user error (an ``MgdError``, or an ``OSError`` naming a file: a read-only output folder) is
+printed on one line with exit status 2; an ``OSError`` naming no file keeps its traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mgd.train.cli", "train a model with one method (sup, mt, cps, kd, cwd, skt, mgd)"),
     "report": ("mgd.report", "tables (CSV, Markdown beside the paper) and figures from metrics files"),
     "cache": ("mgd.cache", "cache the teachers' outputs on fixed augmented views for distillation runs"),
+    "plan": ("mgd.plan.cli", "list every run the workflow would train for a config, with its train config"),
     "job": ("mgd.job", "run one workflow job: own GPU slot, checkpoint guard, mgd commands in one process"),
 }
 
@@ -41,7 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     except MgdError as error:
         print(f"mgd {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.filename is None:  # not about a path the user gave: keep the traceback
+            raise
+        print(f"mgd {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
     return int(status or 0)
+
+
+def describe_os_error(error: OSError) -> str:
+    """``PATH: reason`` (``PATH -> PATH2: reason`` for a rename) of an OSError naming a file."""
+    paths = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+    return f"{paths}: {error.strerror or error}"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mgd.errors import ConfigError, SplitError
 from mgd.inference import add_inference_arguments, infer_logits, inference_options, resolve_device
-from mgd.io import sha256_file, write_json_atomic
+from mgd.io import ensure_writable_dir, refuse_overwriting_inputs, sha256_file, write_json_atomic
 from mgd.metrics import ConfusionMatrix, majority_baseline
 
 if TYPE_CHECKING:
@@ -104,6 +104,9 @@ def main(args: argparse.Namespace) -> int:
 
     options = inference_options(args)
     device = resolve_device(args.device)
+    refuse_overwriting_inputs({"--out": args.out},
+                              {"--model": args.model, "--dataset-config": args.dataset_config, "--ids": args.ids})
+    ensure_writable_dir(args.out.parent, "--out folder")
     dataset_cfg = load_dataset_config(args.dataset_config)
     dataset = build_dataset(dataset_cfg, split=args.split)
     if args.ids is not None:

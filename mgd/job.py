@@ -14,11 +14,15 @@ SLURM allocation (SLURM sets ``CUDA_VISIBLE_DEVICES`` from ``--gpus``).
 
 Checkpoint guard (``--run-dir``): ``mgd train`` resumes from ``<run-dir>/checkpoint.pt`` and
 itself refuses a checkpoint of another config or split. Teacher weights and dataset files are
-not part of that check, so the job stamps its inputs (sha256 of their contents, about 0.2 s for a
-250 MB teacher) into ``<run-dir>/inputs.sha256``: a checkpoint left by an interrupted job with
-the same inputs is resumed; one whose inputs changed since (a retrained teacher) is deleted and
-training starts over. ``--drop-checkpoint`` deletes the checkpoint once every command succeeded
-(it holds the optimizer state, several times the model's size).
+not part of that check, so the job stamps into ``<run-dir>/inputs.sha256`` (JSON) the config and
+split hashes of its ``mgd train`` command (the very ones train checks, so editing a key they
+ignore, such as ``runtime.checkpoint_every``, keeps the checkpoint) and the sha256 of every other
+input file (about 0.2 s for a 250 MB teacher). A checkpoint left by an interrupted job with the
+same stamp is resumed; one whose inputs changed since (a retrained teacher) is renamed to
+``checkpoint.stale-<time>.pt``, never deleted, and training starts over. Temp files a killed
+write left in the run folder (``.checkpoint.pt.<random>.tmp``, up to the checkpoint's size) are
+removed first. ``--drop-checkpoint`` deletes the checkpoint once every command succeeded (it
+holds the optimizer state, several times the model's size).
 
 Several commands in one process: importing torch, torchvision and timm costs 3-5 CPU-seconds, more
 than a tiny CPU run trains or evaluates, so the CPU-sized configs train and evaluate in one job.
@@ -29,6 +33,8 @@ from __future__ import annotations
 import argparse
 import fcntl
 import getpass
+import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -38,7 +44,7 @@ from pathlib import Path
 
 from mgd.cli import main as mgd_main
 from mgd.errors import ConfigError
-from mgd.io import sha256_file, sha256_json, write_text_atomic
+from mgd.io import remove_orphaned_temp_files, same_file, sha256_file, write_json_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"  # mgd.train.loop.CHECKPOINT_NAME (not imported: that loads torch)
 STAMP_NAME = "inputs.sha256"
@@ -70,26 +76,93 @@ def split_commands(argv: list[str]) -> list[list[str]]:
     return commands
 
 
-def input_stamp(paths: list[str]) -> str:
-    """sha256 over the input names and their contents' hashes (folders by name only)."""
-    return sha256_json({name: None if Path(name).is_dir() else sha256_file(name) for name in paths})
+def train_fingerprint(commands: list[list[str]]) -> dict | None:
+    """The config and split hashes ``mgd train`` checks a checkpoint against, for the job's train
+    command (None without one), and the files they cover (its config file, its split folder)."""
+    train = next((command for command in commands if command[0] == "train"), None)
+    if train is None:
+        return None
+    from mgd.splits import read_split
+    from mgd.train.cli import add_arguments as add_train_arguments
+    from mgd.train.config import config_hash, load_config
+
+    parser = argparse.ArgumentParser(prog="mgd train")
+    add_train_arguments(parser)
+    train_args = parser.parse_args(train[1:])
+    cfg = load_config(train_args.config, train_args.overrides)
+    return {
+        "config_hash": config_hash(cfg),
+        "split_hash": read_split(cfg["data"]["split"]).hash,
+        "covers": [str(train_args.config), str(cfg["data"]["split"])],
+    }
 
 
-def guard_checkpoint(run_dir: Path, inputs: list[str]) -> None:
-    """Keep ``run_dir``'s checkpoint only if it was written with these very inputs."""
+def input_stamp(paths: list[str], train: dict | None) -> dict:
+    """What a checkpoint depends on: ``mgd train``'s config and split hashes (so a change to a key
+    that hash ignores, such as runtime.checkpoint_every, keeps the checkpoint) and the sha256 of
+    every other input file (teacher weights, dataset files; folders by name only)."""
+    covered = [Path(path) for path in train["covers"]] if train else []
+
+    def is_covered(path: Path) -> bool:
+        return any(same_file(path, other) or same_file(path.parent, other) for other in covered)
+
+    return {
+        "train": None if train is None else {key: train[key] for key in ("config_hash", "split_hash")},
+        "inputs": {name: None if Path(name).is_dir() else sha256_file(name)
+                   for name in paths if not is_covered(Path(name))},
+    }
+
+
+def stamp_differences(previous: dict | None, current: dict) -> list[str]:
+    """What changed between two input stamps, in words (empty: nothing)."""
+    if not isinstance(previous, dict) or set(previous) != set(current):
+        return ["no readable input stamp"]
+    changes = []
+    old_train, new_train = previous["train"] or {}, current["train"] or {}
+    for key in ("config_hash", "split_hash"):
+        if old_train.get(key) != new_train.get(key):
+            changes.append(f"mgd train {key.replace('_', ' ')}")
+    old_inputs, new_inputs = previous["inputs"] or {}, current["inputs"]
+    changes += [name for name in sorted(set(old_inputs) | set(new_inputs))
+                if old_inputs.get(name, "absent") != new_inputs.get(name, "absent")]
+    return changes
+
+
+def read_stamp(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Rename ``checkpoint`` to ``checkpoint.stale-<time>[-n].pt`` beside it; the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in itertools.count():
+        aside = checkpoint.with_name(f"{checkpoint.stem}.stale-{stamp}{f'-{attempt}' if attempt else ''}.pt")
+        if not aside.exists():
+            checkpoint.rename(aside)
+            return aside
+
+
+def guard_checkpoint(run_dir: Path, inputs: list[str], commands: list[list[str]] | None = None) -> None:
+    """Keep ``run_dir``'s checkpoint only if it was written with these inputs; set a stale one
+    aside; remove temp files an interrupted write left in ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    stamp = input_stamp(inputs)
+    for path in remove_orphaned_temp_files(run_dir):
+        print(f"mgd job: removed {path}, left by an interrupted write", file=sys.stderr)
+    stamp = input_stamp(inputs, train_fingerprint(commands or []))
     stamp_file = run_dir / STAMP_NAME
     checkpoint = run_dir / CHECKPOINT_NAME
-    previous = stamp_file.read_text().strip() if stamp_file.is_file() else None
     if checkpoint.exists():
-        if previous == stamp:
+        changes = stamp_differences(read_stamp(stamp_file), stamp)
+        if not changes:
             print(f"mgd job: resuming from {checkpoint} (inputs unchanged)", file=sys.stderr)
         else:
-            checkpoint.unlink()
-            print(f"mgd job: inputs changed since {checkpoint} was written: deleted it, training starts over",
-                  file=sys.stderr)
-    write_text_atomic(stamp_file, stamp + "\n")
+            aside = set_aside(checkpoint)
+            print(f"mgd job: inputs changed since {checkpoint} was written ({', '.join(changes)}): "
+                  f"moved it to {aside} (delete it when not needed); training starts over", file=sys.stderr)
+    write_json_atomic(stamp_file, stamp)
 
 
 def count_gpus() -> int:
@@ -151,7 +224,7 @@ def main(args: argparse.Namespace) -> int:
     if args.drop_checkpoint and args.run_dir is None:
         raise ConfigError("--drop-checkpoint needs --run-dir")
     if args.run_dir is not None:
-        guard_checkpoint(args.run_dir, args.inputs)
+        guard_checkpoint(args.run_dir, args.inputs, commands)
     claim_gpu(args.gpus)
     for command in commands:
         print(f"mgd job: mgd {' '.join(command)}", file=sys.stderr, flush=True)

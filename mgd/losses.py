@@ -46,13 +46,15 @@ def ohem_ce_loss(
     target: torch.Tensor,
     ignore_index: int = 255,
     threshold: float = 0.7,
-    min_kept: int = 100000,
+    min_kept_per_image: int = 50000,
 ) -> torch.Tensor:
-    """Cross-entropy over hard pixels only (online hard example mining).
+    """Cross-entropy over hard pixels only (online hard example mining), L_sup of eq. (1) on
+    Cityscapes.
 
-    The rule of ``ProbOhemCrossEntropy2d`` in the CPS/MGD Cityscapes code, applied to the whole
-    batch at once. With p_i the softmax probability of pixel i's true class and V the
-    non-ignored pixels:
+    The rule of ``ProbOhemCrossEntropy2d`` in the CPS/MGD code, applied to the whole batch at
+    once, with ``min_kept = min_kept_per_image * B`` (the code builds the criterion with
+    50,000 x its per-GPU batch). With p_i the softmax probability of pixel i's true class and V
+    the non-ignored pixels:
 
     * if |V| <= min_kept, every pixel of V is kept;
     * otherwise the cut is ``max(threshold, p_(min_kept))``, p_(k) being the k-th smallest p_i
@@ -62,9 +64,10 @@ def ohem_ce_loss(
     So at least min(min_kept, |V|) pixels are kept, plus every pixel with p_i <= threshold.
     The selection is not differentiated through. Reduction: :func:`supervised_ce_loss` over the
     kept pixels (mean over kept pixels; 0 when none is valid).
-    One deliberate difference: for ``min_kept=0`` the CPS code skips the selection entirely
-    (keeps all of V); here the threshold rule still applies.
+    One deliberate difference: for ``min_kept_per_image=0`` the CPS code skips the selection
+    entirely (keeps all of V); here the threshold rule still applies.
     """
+    min_kept = min_kept_per_image * logits.shape[0]
     valid = target != ignore_index
     num_valid = int(valid.sum())
     if num_valid > min_kept:
@@ -106,23 +109,32 @@ def pixel_consistency_loss(
 
 
 def image_level_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduction: str = "mean"
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    reduction: str = "mean",
+    images_summed: int = 2,
 ) -> torch.Tensor:
     """Image-level semantic-sensitive loss, eq. (3)-(4).
 
     Each class map of the RAW logits (no softmax) is global-average-pooled to one value per
-    image and class, K in R^{B x N}; the loss is |K^S - K^T| with
-    ``reduction="mean"``: averaged over batch and classes (eq. (4), 1/N sum, averaged over B), or
-    ``reduction="sum"``: summed over batch and classes (the public MGD code).
-    ``sum`` = ``mean`` * B * N.
+    image and class, K in R^{B x N}; with d_b = sum over classes of |K^S_b - K^T_b|:
+
+    * ``reduction="mean"``: mean of |K^S - K^T| over images and classes (eq. (4): 1/N sum,
+      averaged over B), i.e. mean_b d_b / N;
+    * ``reduction="sum"``: the public MGD code's ``torch.sum`` over its per-GPU batch of
+      ``images_summed`` (2) images and the classes, as a single-process equivalent:
+      ``images_summed * mean_b d_b``. Its weight relative to the mean-reduced cross-entropy
+      terms is then the code's whatever the batch size B (summing over all B images would make
+      it B / 2 times too strong); for B == ``images_summed`` it is the plain sum.
     """
     _check_same_shape(student_logits, teacher_logits, "image_level_loss")
     student_global = student_logits.mean(dim=(2, 3))
     teacher_global = teacher_logits.detach().mean(dim=(2, 3))
+    per_image = (student_global - teacher_global).abs().sum(dim=1)
     if reduction == "mean":
-        return F.l1_loss(student_global, teacher_global, reduction="mean")
+        return per_image.mean() / student_global.shape[1]
     if reduction == "sum":
-        return F.l1_loss(student_global, teacher_global, reduction="sum")
+        return images_summed * per_image.mean()
     raise ValueError(f"image_level_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
@@ -203,8 +215,9 @@ def mean_teacher_consistency_loss(
 ) -> torch.Tensor:
     """Mean Teacher consistency (Tarvainen & Valpola, NeurIPS 2017), the "MT" baseline.
 
-    Squared difference of the class-softmax probabilities, mean over all B*N*H*W elements
-    (the original's sum / (num_classes * batch), extended to pixels).
+    Squared difference of the class-softmax probabilities, mean over all B*N*H*W elements: the
+    ``nn.MSELoss(reduction='mean')`` on softmax outputs of TorchSemiSeg's MeanTeacher experiment
+    (which applies it to the labeled and unlabeled images together).
     """
     _check_same_shape(student_logits, teacher_logits, "mean_teacher_consistency_loss")
     student_probs = student_logits.softmax(dim=1)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from mgd.errors import ConfigError, DatasetError
 from mgd.inference import add_inference_arguments, infer_logits, inference_options, resolve_device
-from mgd.io import atomic_path
+from mgd.io import atomic_path, ensure_writable_dir, refuse_overwriting_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -39,7 +39,11 @@ def main(args: argparse.Namespace) -> int:
 
     options = inference_options(args)
     device = resolve_device(args.device)
+    # Masks written among the images would replace NAME.png inputs; a sub-folder of --input is
+    # fine (list_images does not recurse).
+    refuse_overwriting_inputs({"--output": args.output}, {"--input": args.input})
     images = list_images(args.input)
+    ensure_writable_dir(args.output, "--output folder")
     model = load_model(args.model)
     if args.palette_from is None:
         palette = default_palette(model.num_classes)

@@ -472,7 +472,23 @@ def _parse_models(entries: list[str]) -> list[tuple[str, str]]:
     return models
 
 
+def command_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Every file a report subcommand reads, by option (for refusing to write over one)."""
+    if args.action == "table":
+        spec = load_spec(args.spec)
+        read = [path for row in spec["rows"] for path in (*row["cells"].values(), row.get("complexity")) if path]
+        return {"--spec": args.spec, "a file --spec names": read}
+    if args.action == "markdown":
+        return {"--spec": args.spec, "--csv": args.csv, "--paper": args.paper}
+    if args.action in ("tradeoff", "partitions"):
+        return {"--spec": args.spec, "--csv": args.csv}
+    return {"--dataset-config": args.dataset_config, "--model": [path for _, path in _parse_models(args.model)]}
+
+
 def main(args: argparse.Namespace) -> int:
+    from mgd.io import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"--out": args.out, "--sources": getattr(args, "sources", None)}, command_inputs(args))
     if args.action == "table":
         table = write_table(args.spec, args.out, args.sources)
         print(table.to_string(index=False))

@@ -388,12 +388,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     imported.add_argument("--unlabeled", type=Path, required=True)
     imported.add_argument("--ids", type=Path, help="base id list every imported id must belong to")
     imported.add_argument("--out", type=Path, required=True, help="split folder to write")
+    for action in (make, imported):
+        action.add_argument("--force", action="store_true",
+                            help="replace a different split already in an output folder")
 
 
-def _dataset_train_ids(config_path: Path) -> list[str]:
+def holds_same_split(folder: Path, split: Split, force: bool) -> bool:
+    """Whether ``folder`` already holds ``split`` (nothing to write). A different or unreadable
+    split there is a SplitError naming the folder and the difference, unless ``force``: runs
+    trained on a split must not find other lists under its name."""
+    if not (folder / META_FILE).is_file():
+        return False  # a new folder, or lists an interrupted write left before split.json
+    try:
+        existing = read_split(folder)
+    except SplitError as error:
+        if force:
+            return False
+        raise SplitError(f"split folder {folder} already holds an unreadable split ({error}); "
+                         "pass --force to replace it") from None
+    if existing.hash == split.hash:
+        return True
+    if force:
+        return False
+    moved = len(set(existing.labeled) ^ set(split.labeled))
+    raise SplitError(
+        f"split folder {folder} already holds a different split: {len(existing.labeled)} labeled / "
+        f"{len(existing.unlabeled)} unlabeled ids (hash {existing.hash[:12]}), the new one "
+        f"{len(split.labeled)} / {len(split.unlabeled)} (hash {split.hash[:12]}), {_count(moved, 'id')} "
+        "labeled in only one of them; pass --force to replace it (runs trained on it no longer match)"
+    )
+
+
+def _write_or_keep(name: str, folder: Path, split: Split, present: bool, meta: dict | None = None) -> None:
+    if present:
+        print(_summary(name, folder, split) + " (unchanged: the folder already holds this split)")
+    else:
+        print(_summary(name, write_split(folder, split, meta), split))
+
+
+def _dataset_train_ids(config_path: Path) -> tuple[list[str], list[str]]:
+    """(ids with a label, ids of unlabeled images) of the dataset's train split."""
     from mgd.data import build_dataset, read_dataset_config
 
-    return list(build_dataset(read_dataset_config(config_path), "train").ids)
+    dataset = build_dataset(read_dataset_config(config_path), "train")
+    labeled = set(dataset.labeled_ids)
+    return dataset.labeled_ids, sorted(item for item in dataset.ids if item not in labeled)
 
 
 def _summary(name: str, folder: Path, split: Split) -> str:
@@ -409,18 +448,25 @@ def main(args: argparse.Namespace) -> int:
         split, report = import_cps_lists(args.labeled, args.unlabeled, base_ids)
         for line in report.lines():
             print(line)
-        write_split(args.out, split)
-        print(_summary("imported", args.out, split))
+        _write_or_keep("imported", args.out, split, holds_same_split(args.out, split, args.force))
         return 0
+    unlabeled_images: list[str] = []
     if args.ids:
         ids, source = read_id_list(args.ids)[0], str(args.ids)
     else:
-        ids, source = _dataset_train_ids(args.dataset_config), f"{args.dataset_config} (train)"
+        ids, unlabeled_images = _dataset_train_ids(args.dataset_config)
+        source = f"{args.dataset_config} (train)"
     if args.ratios:
         splits = make_ratio_splits(ids, args.ratios, args.seed)
     else:
         splits = make_count_splits(ids, args.counts, args.seed)
-    for name, split in splits.items():
-        folder = write_split(args.out / name, split, {"source": source})
-        print(_summary(name, folder, split))
+    if unlabeled_images:  # images without a label file: unlabeled in every partition
+        splits = {
+            name: Split(split.labeled, split.unlabeled + unlabeled_images,
+                        {**split.meta, "unlabeled_images": len(unlabeled_images)})
+            for name, split in splits.items()
+        }
+    present = {name: holds_same_split(args.out / name, split, args.force) for name, split in splits.items()}
+    for name, split in splits.items():  # every folder was checked before any is written
+        _write_or_keep(name, args.out / name, split, present[name], {"source": source})
     return 0

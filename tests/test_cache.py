@@ -149,6 +149,7 @@ def test_stale_cache_is_refused(setup, tmp_path):
         Trainer(variant(setup, "bn", teacher_source="cache", teacher_bn="train"))
 
 
+@pytest.mark.slow
 def test_killed_caching_job_resumes_where_it_stopped(setup, tmp_path):
     cfg = variant(setup, "killed", teacher_cache=str(tmp_path / "killed"))
     config_path = tmp_path / "killed.yaml"

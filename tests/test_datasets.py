@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torchvision import tv_tensors
 
 from mgd.cli import main as cli_main
 from mgd.data import build_dataset, sample_id
-from mgd.data.base import default_palette
+from mgd.data.base import Sample, SampleError, SegmentationDataset, default_palette
 from mgd.errors import ConfigError, DatasetError
+from mgd.splits import read_split
 
 
 def write_image(path: Path, height: int = 8, width: int = 12, seed: int = 0) -> np.ndarray:
@@ -186,6 +190,115 @@ def test_folder_unpaired_files_are_named(folder_root: Path) -> None:
         build_dataset(folder_config(folder_root), "train")
 
 
+def test_folder_pairs_cityscapes_like_names_across_sequence_folders(tmp_path: Path) -> None:
+    # The same frame name in two sequence folders, and names that differ by suffix and extension.
+    for index, (city, frame) in enumerate([("aachen", "f_000019"), ("bochum", "f_000019"), ("bochum", "f_000020")]):
+        write_image(tmp_path / "leftImg8bit" / "train" / city / f"{frame}_leftImg8bit.png", seed=index)
+        write_label(tmp_path / "gtFine" / "train" / city / f"{frame}_gtFine_labelTrainIds.png", label_values())
+    write_image(tmp_path / "leftImg8bit" / "train" / "top_leftImg8bit.png")  # no sub-folder: "**" spans none
+    write_label(tmp_path / "gtFine" / "train" / "top_gtFine_labelTrainIds.png", label_values())
+    cfg = folder_config(tmp_path, train={"images": "leftImg8bit/train/**/*_leftImg8bit.png",
+                                         "labels": "gtFine/train/**/*_gtFine_labelTrainIds.png"})
+    dataset = build_dataset(cfg, "train")
+    assert dataset.ids == ["aachen/f_000019", "bochum/f_000019", "bochum/f_000020", "top"]
+    sample = dataset.samples[1]
+    assert sample.image_path.parent.name == sample.label_path.parent.name == "bochum"
+    assert sample.label_path.name == "f_000019_gtFine_labelTrainIds.png"
+
+
+def test_folder_pairs_jpeg_images_with_png_labels_by_suffix(tmp_path: Path) -> None:
+    for index in range(2):
+        write_image(tmp_path / "data" / f"{index:03d}_image.jpg", height=5, width=7, seed=index)
+        write_label(tmp_path / "data" / f"{index:03d}_label.png", label_values(5, 7), palette=index == 1)
+    (tmp_path / "data" / "notes.txt").write_text("not an image")
+    cfg = folder_config(tmp_path, train={"images": "data/*_image.jpg", "labels": "data/*_label.png"})
+    dataset = build_dataset(cfg, "train")
+    assert dataset.ids == ["000", "001"]
+    image, mask = dataset.load(1)  # JPEG image, palette label, odd size
+    assert image.shape == (5, 7, 3) and np.array_equal(mask, label_values(5, 7))
+    # A final ".*" (any extension) is not part of the id, nor is an extension "*" spans; files
+    # that are no images are skipped.
+    cfg = folder_config(tmp_path, train={"images": "data/*_image.*", "labels": "data/*_label.*"})
+    assert build_dataset(cfg, "train").ids == ["000", "001"]
+    for index in range(2):
+        write_label(tmp_path / "ann" / f"{index:03d}.png", label_values(5, 7))
+    cfg = folder_config(tmp_path, train={"images": "data/*_image.jpg", "labels": "ann/*"})
+    assert build_dataset(cfg, "train").ids == ["000", "001"]
+
+
+def test_folder_list_ids_keep_sequence_folders(tmp_path: Path) -> None:
+    for sequence in ("seq1", "seq2"):
+        write_image(tmp_path / "frames" / sequence / "0001.png")
+        write_label(tmp_path / "masks" / sequence / "0001.png", label_values())
+    (tmp_path / "train.txt").write_text(
+        "frames/seq1/0001.png masks/seq1/0001.png\n/frames/seq2/0001.png /masks/seq2/0001.png\n"
+    )
+    dataset = build_dataset(folder_config(tmp_path, train={"list": "train.txt"}), "train")
+    assert dataset.ids == ["seq1/0001", "seq2/0001"]
+    # Without distinct folders the two frames would be one id: an error naming both files.
+    (tmp_path / "bad.txt").write_text("frames/seq1/0001.png masks/seq1/0001.png\nframes/seq1/0001.png masks/seq2/0001.png\n")
+    with pytest.raises(DatasetError, match=r"share an id: .*seq1/0001\.png, .*seq1/0001\.png"):
+        build_dataset(folder_config(tmp_path, train={"list": "bad.txt"}), "train")
+
+
+def test_folder_list_files_outside_a_read_only_root(folder_root: Path, tmp_path_factory, monkeypatch) -> None:
+    workdir = tmp_path_factory.mktemp("workflow")
+    (workdir / "lists").mkdir()
+    (workdir / "lists" / "val.txt").write_text("img/s1.png ann/s1.png\n")
+    monkeypatch.chdir(workdir)
+    folder_root.chmod(0o555)
+    try:
+        relative = build_dataset(folder_config(folder_root, val={"list": "lists/val.txt"}), "val")
+        absolute = build_dataset(folder_config(folder_root, val={"list": str(workdir / "lists" / "val.txt")}), "val")
+        assert relative.ids == absolute.ids == ["s1"] and relative.samples[0].image_path == folder_root / "img" / "s1.png"
+        with pytest.raises(DatasetError, match=r"list file lists/none\.txt does not exist in root .* or in the working directory"):
+            build_dataset(folder_config(folder_root, val={"list": "lists/none.txt"}), "val")
+    finally:
+        folder_root.chmod(0o755)
+    # A list of the same name under root wins over the working directory's.
+    (folder_root / "lists").mkdir()
+    (folder_root / "lists" / "val.txt").write_text("img/s2.png ann/s2.png\n")
+    assert build_dataset(folder_config(folder_root, val={"list": "lists/val.txt"}), "val").ids == ["s2"]
+
+
+def test_folder_unlabeled_images_join_train_only_as_unlabeled(folder_root: Path, tmp_path: Path) -> None:
+    for index in range(2):
+        write_image(folder_root / "extra" / "run" / f"u{index}.jpg", height=20, width=30, seed=index)
+    cfg = folder_config(folder_root, unlabeled={"images": "extra/**/*.jpg"}, val={"images": "img/*.png", "labels": "ann/*.png"})
+    train = build_dataset(cfg, "train")
+    assert train.ids == ["s0", "s1", "s2", "run/u0", "run/u1"] and train.labeled_ids == ["s0", "s1", "s2"]
+    assert build_dataset(cfg, "val").ids == ["s0", "s1", "s2"]  # unlabeled images are train data
+    assert train.load_image(3).shape == (20, 30, 3)  # any size: no label to compare with
+    with pytest.raises(SampleError, match=r"u0\.jpg: an unlabeled image has no label"):
+        train.load(3)
+    with pytest.raises(DatasetError, match=r"1 id\(s\) used as labeled are unlabeled images.*u1\.jpg"):
+        train.subset(["s0", "run/u1"], labeled=True)
+    assert len(train.subset(["run/u1", "s0"])) == 2
+
+    # mgd splits make draws the labeled ids from the labeled images and adds every unlabeled image.
+    config = tmp_path / "dataset.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["splits", "make", "--dataset-config", str(config), "--counts", "1", "--out", str(tmp_path / "splits")]) == 0
+    split = read_split(tmp_path / "splits" / "1")
+    assert len(split.labeled) == 1 and split.labeled[0] in train.labeled_ids
+    assert split.unlabeled[-2:] == ["run/u0", "run/u1"] and len(split.unlabeled) == 4
+    assert split.meta["unlabeled_images"] == 2 and split.meta["base_count"] == 3
+
+    # An unlabeled image may not take the id of a labeled one.
+    write_image(folder_root / "extra" / "s0.png")
+    cfg["unlabeled"] = {"images": "extra/*.png"}
+    with pytest.raises(DatasetError, match=r"unlabeled images have the id of a labeled.*img/s0\.png and .*extra/s0\.png"):
+        build_dataset(cfg, "train")
+
+
+def test_folder_unlabeled_list(folder_root: Path) -> None:
+    write_image(folder_root / "extra" / "a" / "u.png")
+    write_image(folder_root / "extra" / "b" / "u.png")
+    (folder_root / "unlabeled.txt").write_text("extra/a/u.png\r\n/extra/b/u.png\r\n")
+    train = build_dataset(folder_config(folder_root, unlabeled={"list": "unlabeled.txt"}), "train")
+    assert train.ids[3:] == ["a/u", "b/u"] and train.labeled_ids == ["s0", "s1", "s2"]
+
+
 @pytest.mark.parametrize(
     ("changes", "key"),
     [
@@ -195,7 +308,9 @@ def test_folder_unpaired_files_are_named(folder_root: Path) -> None:
         ({"value_map": {11: 7}}, "'value_map'"),
         ({"value_map": {-1: 0}}, "'value_map'"),
         ({"train": {"images": "img/*.png"}}, "'train'"),
-        ({"train": {"list": "/abs/train.txt"}}, "'train.list'"),
+        ({"train": {"images": "/abs/*.png", "labels": "ann/*.png"}}, "'train.images'"),
+        ({"train": {"images": "img/s0.png", "labels": "ann/*.png"}}, "'train.images' must be a glob"),
+        ({"unlabeled": {"labels": "ann/*.png"}}, "'unlabeled'"),
     ],
 )
 def test_folder_bad_config_values_name_the_key(folder_root: Path, changes: dict, key: str) -> None:
@@ -266,9 +381,14 @@ def test_missing_list_file_and_root(tmp_path: Path) -> None:
 
 def test_size_mismatch_names_both_files(folder_root: Path) -> None:
     write_label(folder_root / "ann" / "s1.png", label_values(height=6))
-    dataset = build_dataset(folder_config(folder_root), "train")
+    # The folder adapter compares image headers when it is built, before any training starts...
+    with pytest.raises(DatasetError, match=r"1 label\(s\) differ .*ann/s1\.png is 12x6 but .*img/s1\.png is 12x8"):
+        build_dataset(folder_config(folder_root), "train")
+    # ... and every dataset compares the decoded pair when it loads it.
+    samples = [Sample(f"s{i}", folder_root / "img" / f"s{i}.png", folder_root / "ann" / f"s{i}.png") for i in (0, 1)]
+    dataset = SegmentationDataset(samples, ["a", "b", "c"], value_map={11: 255})
     dataset.load(0)
-    with pytest.raises(DatasetError, match=r"ann/s1\.png: label is 12x6 .*/img/s1\.png is 12x8"):
+    with pytest.raises(SampleError, match=r"ann/s1\.png: label is 12x6 .*/img/s1\.png is 12x8"):
         dataset.load(1)
 
 
@@ -285,11 +405,12 @@ def test_out_of_range_label_values_are_named(folder_root: Path) -> None:
 
 def test_unreadable_and_colour_labels(folder_root: Path) -> None:
     (folder_root / "img" / "s0.png").write_bytes(b"not a png")
+    with pytest.raises(SampleError, match=r"img/s0\.png: cannot be read as an image"):
+        build_dataset(folder_config(folder_root), "train")
+    write_image(folder_root / "img" / "s0.png")
     Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(folder_root / "ann" / "s1.png")
     dataset = build_dataset(folder_config(folder_root), "train")
-    with pytest.raises(DatasetError, match=r"img/s0\.png: cannot be read"):
-        dataset.load(0)
-    with pytest.raises(DatasetError, match=r"ann/s1\.png: a label must be a single-channel.*RGB"):
+    with pytest.raises(SampleError, match=r"ann/s1\.png: a label must be a single-channel.*RGB"):
         dataset.load(1)
 
 
@@ -333,6 +454,53 @@ def test_check_data_prints_class_counts_and_fails_on_a_bad_pair(folder_root: Pat
     write_label(folder_root / "ann" / "s1.png", values)
     assert cli_main(["check-data", "--dataset-config", str(config), "--split", "train"]) == 2
     assert "s1.png: label values 9" in capsys.readouterr().err
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_check_data_decodes_every_file_lists_each_bad_one_and_writes_a_summary(folder_root: Path, capsys) -> None:
+    write_image(folder_root / "extra" / "u0.jpg", height=64, width=64)
+    config = folder_root / "dataset.yaml"
+    cfg = folder_config(folder_root, unlabeled={"images": "extra/*.jpg"})
+    config.write_text(yaml.safe_dump(cfg))
+    out = folder_root / "checked" / "train.json"
+    assert cli_main(["check-data", "--dataset-config", str(config), "--out", str(out)]) == 0
+    assert "3 pairs and 1 unlabeled images OK" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["dataset"] == "folder" and record["split"] == "train"
+    assert record["samples"] == 4 and record["unlabeled_images"] == 1
+    assert [entry["name"] for entry in record["classes"]] == ["a", "b", "c"]
+    assert record["ignore_pixels"] == 3 and record["classes"][0]["images"] == 3
+    assert record["sizes"] == {"12x8": 3, "64x64": 1} and len(record["ids_sha256"]) == 64
+
+    # Truncated files keep a readable header (so the dataset builds) but fail to decode.
+    write_image(folder_root / "img" / "s1.png", height=8, width=12, seed=5)
+    truncate(folder_root / "img" / "s1.png")
+    truncate(folder_root / "extra" / "u0.jpg")
+    out.unlink()
+    assert cli_main(["check-data", "--dataset-config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"bad sample: .*img/s1\.png: cannot be decoded as an image", err)
+    assert re.search(r"bad sample: .*extra/u0\.jpg: cannot be decoded as an image", err)
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"mgd check-data: error: 2 of 4 samples failed the check; the first: .*s1\.png: .*", last)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_in_a_dataloader_worker_is_one_line_naming_the_file(folder_root: Path) -> None:
+    (folder_root / "img" / "s2.png").write_bytes((folder_root / "img" / "s2.png").read_bytes()[:60])
+    samples = [Sample(f"s{i}", folder_root / "img" / f"s{i}.png", folder_root / "ann" / f"s{i}.png") for i in range(3)]
+    dataset = SegmentationDataset(samples, ["a", "b", "c"], value_map={11: 255})
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
+    with pytest.raises(SampleError) as caught:
+        list(loader)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert re.fullmatch(r".*img/s2\.png: cannot be decoded as an image \(.+\)", message)
 
 
 def test_check_data_reports_a_missing_config(tmp_path: Path, capsys) -> None:

@@ -52,7 +52,8 @@ def ref_ce(logits, target, ignore_index=IGNORE):
     return total / count if count else 0.0
 
 
-def ref_ohem(logits, target, threshold, min_kept, ignore_index=IGNORE):
+def ref_ohem(logits, target, threshold, min_kept_per_image, ignore_index=IGNORE):
+    min_kept = min_kept_per_image * logits.shape[0]
     pixels = []  # (true-class probability, -log probability)
     for b in range(logits.shape[0]):
         for h in range(logits.shape[2]):
@@ -69,14 +70,20 @@ def ref_ohem(logits, target, threshold, min_kept, ignore_index=IGNORE):
     return sum(nll for _, nll in kept) / len(kept) if kept else 0.0
 
 
-def ref_image_level(student, teacher, reduction):
-    diffs = []
+def ref_image_level(student, teacher, reduction, images_summed=2):
+    per_image = []  # sum over classes of |pooled student - pooled teacher|, one per image
     for b in range(student.shape[0]):
+        total = 0.0
         for c in range(student.shape[1]):
             s_mean = sum(float(student[b, c, h, w]) for h in range(H) for w in range(W)) / (H * W)
             t_mean = sum(float(teacher[b, c, h, w]) for h in range(H) for w in range(W)) / (H * W)
-            diffs.append(abs(s_mean - t_mean))
-    return sum(diffs) / len(diffs) if reduction == "mean" else sum(diffs)
+            total += abs(s_mean - t_mean)
+        per_image.append(total)
+    mean_per_image = sum(per_image) / len(per_image)
+    if reduction == "mean":
+        return mean_per_image / student.shape[1]
+    # the public code: torch.sum over its per-GPU batch of `images_summed` images
+    return images_summed * mean_per_image
 
 
 def ref_adaptive_pool_regions(feat, b, grid_h, grid_w):
@@ -269,30 +276,42 @@ def ohem_case():
 def test_ohem_threshold_and_min_kept_rules(min_kept, kept_pixels):
     logits, target, probs = ohem_case()
     expected = -probs[kept_pixels].log().mean().item()
-    loss = losses.ohem_ce_loss(logits, target, threshold=0.7, min_kept=min_kept)
+    loss = losses.ohem_ce_loss(logits, target, threshold=0.7, min_kept_per_image=min_kept)
     assert loss.item() == pytest.approx(expected)
     assert loss.item() == pytest.approx(ref_ohem(logits, target, 0.7, min_kept))
 
 
-@pytest.mark.parametrize("min_kept", [1, 10, 20, 100])
-def test_ohem_matches_reference_on_random_batch(min_kept):
+@pytest.mark.parametrize("min_kept_per_image", [1, 5, 10, 50])
+def test_ohem_matches_reference_on_random_batch(min_kept_per_image):
     logits, target = randn(B, N, H, W, seed=2) * 2, random_labels(seed=3)
-    loss = losses.ohem_ce_loss(logits, target, threshold=0.4, min_kept=min_kept)
-    assert loss.item() == pytest.approx(ref_ohem(logits, target, 0.4, min_kept))
+    loss = losses.ohem_ce_loss(logits, target, threshold=0.4, min_kept_per_image=min_kept_per_image)
+    assert loss.item() == pytest.approx(ref_ohem(logits, target, 0.4, min_kept_per_image))
 
 
-def test_ohem_keeps_at_least_min_kept_pixels():
+def test_ohem_keeps_at_least_min_kept_pixels_per_image():
     logits, target = randn(B, N, H, W, seed=2, requires_grad=True), random_labels(seed=3)
-    # threshold 0 alone would keep nothing; min_kept still forces 7 pixels.
-    losses.ohem_ce_loss(logits, target, threshold=0.0, min_kept=7).backward()
+    # threshold 0 alone would keep nothing; min_kept still forces 5 pixels per image of the batch.
+    losses.ohem_ce_loss(logits, target, threshold=0.0, min_kept_per_image=5).backward()
     pixels_with_grad = (logits.grad.abs().sum(dim=1) > 0).sum().item()
-    assert pixels_with_grad == 7
+    assert pixels_with_grad == 5 * B
+
+
+@pytest.mark.parametrize("copies", [2, 4])
+def test_ohem_min_kept_counts_per_image(copies):
+    # min_kept decides here (4 of 6 valid pixels kept, 3 by the threshold alone): a batch of
+    # copies of the image keeps 4 per copy, so the loss is the single image's.
+    logits, target, probs = ohem_case()
+    single = losses.ohem_ce_loss(logits, target, threshold=0.7, min_kept_per_image=4)
+    batch = losses.ohem_ce_loss(logits.repeat(copies, 1, 1, 1), target.repeat(copies, 1, 1),
+                                threshold=0.7, min_kept_per_image=4)
+    assert single.item() == pytest.approx(-probs[[0, 1, 2, 3]].log().mean().item())
+    assert batch.item() == pytest.approx(single.item())
 
 
 def test_ohem_all_ignored_is_zero():
     logits = randn(B, N, H, W, seed=0, requires_grad=True)
     target = torch.full((B, H, W), IGNORE, dtype=torch.int64)
-    loss = losses.ohem_ce_loss(logits, target, min_kept=3)
+    loss = losses.ohem_ce_loss(logits, target, min_kept_per_image=3)
     assert loss.item() == 0.0
     loss.backward()
 
@@ -329,11 +348,28 @@ def test_image_level_matches_reference(reduction):
     assert loss.item() == pytest.approx(ref_image_level(student, teacher, reduction))
 
 
-def test_image_level_sum_is_mean_times_batch_and_classes():
-    student, teacher = randn(B, N, H, W, seed=0), randn(B, N, H, W, seed=1)
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_image_level_sum_is_mean_times_summed_images_and_classes(batch):
+    student, teacher = randn(batch, N, H, W, seed=0), randn(batch, N, H, W, seed=1)
     mean = losses.image_level_loss(student, teacher, reduction="mean")
-    total = losses.image_level_loss(student, teacher, reduction="sum")
-    assert total.item() == pytest.approx(mean.item() * B * N)
+    total = losses.image_level_loss(student, teacher, reduction="sum", images_summed=2)
+    assert total.item() == pytest.approx(mean.item() * 2 * N)
+    assert total.item() == pytest.approx(ref_image_level(student, teacher, "sum", images_summed=2))
+
+
+def test_image_level_sum_at_two_images_is_the_codes_plain_sum():
+    student, teacher = randn(2, N, H, W, seed=0), randn(2, N, H, W, seed=1)
+    plain_sum = (student.mean(dim=(2, 3)) - teacher.mean(dim=(2, 3))).abs().sum()
+    assert losses.image_level_loss(student, teacher, reduction="sum").item() == pytest.approx(plain_sum.item())
+
+
+def test_image_level_sum_does_not_grow_with_batch():
+    # The same per-image inputs at batch 2 and batch 8 (each image 4 times) give the same loss:
+    # the weight of L_I relative to the mean-reduced CE terms does not depend on the batch size.
+    student, teacher = randn(2, N, H, W, seed=0), randn(2, N, H, W, seed=1)
+    at_two = losses.image_level_loss(student, teacher, reduction="sum")
+    at_eight = losses.image_level_loss(student.repeat(4, 1, 1, 1), teacher.repeat(4, 1, 1, 1), reduction="sum")
+    assert at_eight.item() == pytest.approx(at_two.item())
 
 
 def test_image_level_uses_raw_logits_not_softmax():

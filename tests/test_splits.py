@@ -314,7 +314,7 @@ def test_cli_dataset_config(tmp_path, monkeypatch, capsys):
 
     def build_dataset(cfg, split):
         requests.append((cfg, split))
-        return types.SimpleNamespace(ids=make_ids(16))
+        return types.SimpleNamespace(ids=make_ids(16), labeled_ids=make_ids(16))
 
     import mgd.data
 

@@ -112,6 +112,7 @@ def _state(path: Path) -> dict:
     return load_model(path).state_dict()
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted_run(tiny_split, tmp_path):
     split_dir, root = tiny_split
     cfg = base_config(split_dir, root, tmp_path / "reference", "mt")
@@ -144,6 +145,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tiny_split, tmp_path):
     assert len(log_iterations) == 24
 
 
+@pytest.mark.slow
 def test_two_processes_gloo_match_single_process_step(tiny_split, tmp_path):
     """torchrun with 2 CPU processes: the global batch is split, gradients are averaged, so one
     step moves the weights like the single-process run does (not twice as far)."""

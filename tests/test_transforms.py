@@ -7,7 +7,9 @@ from torchvision import tv_tensors
 from mgd.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    box_mask,
     cutmix_box_masks,
+    cutmix_boxes,
     denormalize,
     eval_transform,
     train_transform,
@@ -44,12 +46,17 @@ def test_train_output_types_and_shapes():
     assert out_image.shape == (3, 16, 24) and out_mask.shape == (16, 24)
 
 
-def test_small_images_are_padded_with_ignore_label():
+def test_small_images_are_normalised_then_padded():
+    # As the CPS/MGD code: normalise first, then pad, so padded pixels are 0 (the mean colour),
+    # not the normalised black of padding before normalisation; the mask is padded with 255.
     image, mask = random_pair(height=20, width=30)
-    out_image, out_mask = train_transform(64, scales=(1.0,))(image, mask)
+    out_image, out_mask = train_transform(64, scales=(1.0,), flip=False)(image, mask)
     assert (out_mask == 255).sum() == 64 * 64 - 20 * 30
-    padded_pixel = (torch.zeros(3) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    torch.testing.assert_close(out_image[:, out_mask == 255].mean(dim=1), padded_pixel)
+    assert torch.equal(out_image[:, out_mask == 255], torch.zeros(3, 64 * 64 - 20 * 30))
+    # Centred padding (half before, the rest after), as the code's pad_image_to_shape.
+    assert torch.equal(out_mask[22:42, 17:47], mask)
+    expected = (image.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(out_image[:, 22:42, 17:47], expected)
 
 
 def test_labels_are_never_interpolated():
@@ -68,7 +75,9 @@ def test_image_and_mask_stay_aligned_under_crop_and_flip(seed):
     # Crop taller and narrower than the image: both padding and a random offset are exercised.
     out_image, out_mask = train_transform((32, 20), scales=(1.0,))(image, mask)
     pixels = torch.from_numpy(denormalize(out_image)).long()[..., 0]
-    expected = torch.where(out_mask == 255, 0, out_mask * LABEL_STEP)
+    # padding is 0 after normalisation: the mean colour once denormalised
+    mean_red = round(IMAGENET_MEAN[0] * 255)
+    expected = torch.where(out_mask == 255, mean_red, out_mask * LABEL_STEP)
     assert torch.equal(pixels, expected)
 
 
@@ -137,9 +146,12 @@ def test_box_masks_shape_coverage_and_bounds():
     assert masks.shape == (64, 1, 60, 80) and masks.dtype == torch.float32
     assert set(masks.unique().tolist()) == {0.0, 1.0}
     coverage = masks.mean(dim=(1, 2, 3))
-    # Union of 3 boxes of p/3 each, p in [0.25, 0.5]: at most 0.5 (plus rounding), at least p/3.
-    assert coverage.min() > 0.25 / 3 - 0.02 and coverage.max() < 0.5 + 0.03
+    # 3 boxes of p/3 each, p in [0.25, 0.5], overlaps XOR-ed: at most 0.5 (plus rounding).
+    assert coverage.max() < 0.5 + 0.03
     assert 0.2 < coverage.mean() < 0.45
+    boxes = cutmix_boxes(64, 60, 80, torch.Generator().manual_seed(0))
+    assert boxes.shape == (64, 3, 4)
+    assert (boxes[..., :2] >= 0).all() and (boxes[..., 2] <= 60).all() and (boxes[..., 3] <= 80).all()
     generator = torch.Generator().manual_seed(1)
     single = cutmix_box_masks(32, 50, 50, generator, n_boxes=1, area=(0.3, 0.3))
     coverage = single.mean(dim=(1, 2, 3))
@@ -157,6 +169,39 @@ def test_box_masks_depend_on_the_generator_only():
     square = cutmix_box_masks(8, 40, 40, generator, n_boxes=1, random_aspect=False)
     heights, widths = square.amax(dim=3).sum(dim=(1, 2)), square.amax(dim=2).sum(dim=(1, 2))
     assert torch.equal(heights, widths)
+
+
+def reference_box_mask(boxes, height, width):
+    """The CPS/MGD rule, one box at a time: start at 0, flip every pixel a box covers."""
+    masks = torch.zeros(boxes.shape[0], 1, height, width)
+    for index, image_boxes in enumerate(boxes.tolist()):
+        for top, left, bottom, right in image_boxes:
+            masks[index, 0, top:bottom, left:right] = 1 - masks[index, 0, top:bottom, left:right]
+    return masks
+
+
+def test_box_overlaps_are_xored():
+    # Two boxes overlapping in rows 3..5 x cols 4..6: the overlap is 0, as are pixels no box covers.
+    boxes = torch.tensor([[[0, 0, 6, 7], [3, 4, 9, 10]]])
+    mask = box_mask(boxes, 10, 12)
+    assert mask[0, 0, 4, 5] == 0 and mask[0, 0, 1, 1] == 1 and mask[0, 0, 8, 8] == 1 and mask[0, 0, 9, 11] == 0
+    assert mask.sum() == 6 * 7 + 6 * 6 - 2 * 3 * 3
+    assert torch.equal(mask, reference_box_mask(boxes, 10, 12))
+
+
+def test_box_masks_follow_the_documented_rule():
+    generator = torch.Generator().manual_seed(3)
+    boxes = cutmix_boxes(16, 30, 40, generator)
+    assert torch.equal(box_mask(boxes, 30, 40), reference_box_mask(boxes, 30, 40))
+    # cutmix_box_masks is that mask of those boxes
+    again = cutmix_box_masks(16, 30, 40, torch.Generator().manual_seed(3))
+    assert torch.equal(again, reference_box_mask(boxes, 30, 40))
+    # with three boxes of up to a sixth of the image each, some masks have XOR-ed overlaps
+    covered_by_two = [
+        sum(1 for t, l, b, r in image_boxes if t <= y < b and l <= x < r) == 2
+        for image_boxes in boxes.tolist() for y in range(30) for x in range(40)
+    ]
+    assert any(covered_by_two)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """The Snakemake workflow: lint, dry-runs of the shipped configs, config validation, and `mgd job`
-(GPU slots, checkpoint guard, commands in one process). Fast: no training job runs."""
+(GPU slots, checkpoint guard, commands in one process). No training job runs, but each snakemake
+parse takes seconds: those tests are marked slow (tests/test_plan.py checks the same plan in
+milliseconds)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def dry_run(*args: str, results: Path) -> dict[str, int]:
     return job_counts(result.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configfile", [None, "config/smoke.yaml"])
 def test_lint(configfile):
     result = snakemake("--lint", *(["--configfile", configfile] if configfile else []))
@@ -49,6 +52,7 @@ def test_lint(configfile):
     assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_smoke_dry_run_trains_each_shared_run_once(tmp_path):
     counts = dry_run("--configfile", "config/smoke.yaml", results=tmp_path)
     # Teachers: T_D and T_W at synA 1/4, synA count 4, synB 1/4, plus Table 4's second T_D / T_W
@@ -65,12 +69,14 @@ def test_smoke_dry_run_trains_each_shared_run_once(tmp_path):
     assert "evaluate" not in counts  # evaluate_in_training_job: the training job evaluates
 
 
+@pytest.mark.slow
 def test_default_dry_run(tmp_path):
     counts = dry_run(results=tmp_path)
     assert counts["table"] == 7 and counts["tables_md"] == 1 and counts["fig4_qualitative"] == 1
     assert counts["train_teacher"] > 0 and counts["train_student"] > counts["train_teacher"]
 
 
+@pytest.mark.slow
 def test_separate_evaluation_and_teacher_cache_dry_run(tmp_path):
     counts = dry_run("--configfile", "config/smoke.yaml", "--config", "evaluate_in_training_job=False",
                      "teacher_source=cache", results=tmp_path)
@@ -78,6 +84,7 @@ def test_separate_evaluation_and_teacher_cache_dry_run(tmp_path):
     assert counts["cache_teachers"] == 3  # one cache per dataset x partition
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SPLITS / "voc").is_dir(), reason="public split lists not found")
 @pytest.mark.parametrize("configfile", ["config/voc.yaml", "config/cityscapes.yaml", "config/camvid.yaml"])
 def test_paper_and_camvid_configs_dry_run(configfile, tmp_path):
@@ -93,12 +100,15 @@ def write_config(tmp_path: Path, edit) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c["datasets"]["synA"]["train"].update(crop_sise=32), "crop_sise"),
     (lambda c: c["datasets"]["synA"]["teachers"]["TD"].update(lr=-1), "-1"),
     (lambda c: c["tables"].update(table9={"dataset": "synA"}), "table9"),
     (lambda c: c["tables"]["table1"].update(dataset="nowhere"), "tables.table1"),
     (lambda c: c["tables"]["ablations"].update(partition="1/3"), "tables.ablations.partition"),
+    (lambda c: c.update(method_params={"mgd": {"lamda_image": 0.1}}), "method_params.mgd.lamda_image"),
+    (lambda c: c["datasets"]["synA"]["train"].update(batch_labeled=4.0), "4.0 is not of type 'integer'"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, edit, message):
     config = write_config(tmp_path, edit)
@@ -108,6 +118,7 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_unknown_top_level_key_on_the_command_line(tmp_path):
     result = snakemake("-n", "--config", "bogus_key=1", f"results={tmp_path}")
     assert result.returncode != 0
@@ -126,10 +137,11 @@ def test_job_resumes_or_discards_the_checkpoint(tmp_path, capsys):
     # same inputs (an interrupted job rerun): the checkpoint stays and is resumed
     guard_checkpoint(run_dir, [str(config)])
     assert checkpoint.exists() and "resuming" in capsys.readouterr().err
-    # changed inputs (new config, retrained teacher): the checkpoint is deleted
+    # changed inputs (new config, retrained teacher): the checkpoint is set aside, not deleted
     config.write_text("a: 2\n")
     guard_checkpoint(run_dir, [str(config)])
     assert not checkpoint.exists() and "inputs changed" in capsys.readouterr().err
+    assert [path.read_bytes() for path in run_dir.glob("checkpoint.stale-*.pt")] == [b"state"]
 
 
 def mgd_job(*args: str) -> subprocess.CompletedProcess:

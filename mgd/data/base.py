@@ -1,8 +1,10 @@
 """The dataset type every adapter returns, and the file and config helpers adapters share.
 
 A ``SegmentationDataset`` is a list of (id, image path, label path) samples plus the class
-table. Construction only checks that the listed files exist (cheap); ``load`` decodes a pair and
-checks it (readable, same size, label values in range), so a bad file fails with its name.
+table; a sample without a label path is an unlabeled image (only usable as unlabeled data).
+Construction only checks that the listed files exist (cheap); ``load`` decodes a pair and checks
+it (readable, same size, label values in range), so a bad file fails with its name, as a one-line
+``SampleError`` even when it happens inside a DataLoader worker.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mgd.errors import ConfigError, DatasetError
 IGNORE_INDEX = 255
 # How many offending ids/files/values an error message lists before "and N more".
 SHOWN_ITEMS = 5
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Cityscapes' official layout names images <city>_<seq>_<frame>_leftImg8bit.png.
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 # PIL modes whose pixel values are class indices (P: indices into the palette).
@@ -33,7 +35,24 @@ RGB = tuple[int, int, int]
 class Sample:
     id: str
     image_path: Path
-    label_path: Path
+    label_path: Path | None  # None: an unlabeled image
+
+
+class SampleError(DatasetError):
+    """One sample's file cannot be decoded or does not fit its pair (the message names the file).
+
+    A DataLoader worker's exception reaches the main process re-created as ``type(error)(text)``,
+    where text is "Caught ... in DataLoader worker process N. Original Traceback ..." ending in
+    "...SampleError: <message>"; the constructor keeps only that message, so the user still sees
+    one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        if "DataLoader worker" in message and "Traceback" in message:
+            marker = f"{type(self).__name__}: "
+            last_line = message.rstrip().splitlines()[-1]
+            message = last_line.partition(marker)[2] or last_line
+        super().__init__(message)
 
 
 def shown(items: Iterable[Any]) -> str:
@@ -59,6 +78,26 @@ def sample_id(path_or_id: str) -> str:
     if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES:
         name = stem
     return name.removesuffix(CITYSCAPES_IMAGE_SUFFIX)
+
+
+def resolve_list_path(root: Path, name: str | Path, key: str) -> Path:
+    """The list file named by config key ``key``: absolute (or ``~``) as given; a relative path is
+    looked up under ``root`` first, then under the working directory (lists shipped with the
+    workflow, such as resources/splits/..., next to read-only data)."""
+    if not isinstance(name, (str, Path)) or not str(name):
+        raise ConfigError(f"dataset config key '{key}' must be a file path, got {name!r}")
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        if path.is_file():
+            return path
+        raise DatasetError(f"list file {path} does not exist (config key '{key}')")
+    for candidate in (root / path, Path.cwd() / path):
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(
+        f"list file {path} does not exist in root {root} or in the working directory {Path.cwd()} "
+        f"(config key '{key}')"
+    )
 
 
 def read_list_lines(path: Path) -> list[tuple[int, list[str]]]:
@@ -117,9 +156,11 @@ def require_root(cfg: Mapping[str, Any]) -> Path:
 def _read_image_file(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
-            image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DatasetError(f"{path}: cannot be read as an image ({error})") from None
+            image.load()  # decodes every pixel: a truncated or corrupt file fails here
+    # PIL signals broken data with many types (OSError, SyntaxError, zlib.error, struct.error, ...).
+    except Exception as error:  # noqa: BLE001
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SampleError(f"{path}: cannot be decoded as an image ({reason})") from None
     return image
 
 
@@ -159,7 +200,7 @@ class SegmentationDataset:
         if duplicates:
             raise DatasetError(f"{description}: ids listed more than once: {shown(duplicates)}")
         listed_files = (path for sample in self.samples for path in (sample.image_path, sample.label_path))
-        missing = [path for path in listed_files if not path.is_file()]
+        missing = [path for path in listed_files if path is not None and not path.is_file()]
         if missing:
             raise DatasetError(
                 f"{description}: {len(missing)} listed file(s) missing, the first is {missing[0]}"
@@ -172,6 +213,11 @@ class SegmentationDataset:
     @property
     def ids(self) -> list[str]:
         return [sample.id for sample in self.samples]
+
+    @property
+    def labeled_ids(self) -> list[str]:
+        """Ids of the samples that have a label (all but the unlabeled images)."""
+        return [sample.id for sample in self.samples if sample.label_path is not None]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -186,9 +232,11 @@ class SegmentationDataset:
     def load_label(self, index: int) -> np.ndarray:
         """The label as int64 HxW train ids (value map applied, 255 = ignore), validated."""
         path = self.samples[index].label_path
+        if path is None:
+            raise SampleError(f"{self.samples[index].image_path}: an unlabeled image has no label to load")
         label_file = _read_image_file(path)
         if label_file.mode not in LABEL_MODES:
-            raise DatasetError(
+            raise SampleError(
                 f"{path}: a label must be a single-channel image of class indices "
                 f"(PIL mode {'/'.join(LABEL_MODES)}), got mode {label_file.mode}"
             )
@@ -203,7 +251,7 @@ class SegmentationDataset:
         bad &= mask != self.ignore_index
         if bad.any():
             mapped = f" after value map {self.value_map}" if self.value_map else ""
-            raise DatasetError(
+            raise SampleError(
                 f"{path}: label values {shown(np.unique(mask[bad]).tolist())}{mapped} are outside "
                 f"0..{self.num_classes - 1} ({self.num_classes} classes) and not ignore ({self.ignore_index})"
             )
@@ -215,7 +263,7 @@ class SegmentationDataset:
         mask = self.load_label(index)
         if image.shape[:2] != mask.shape:
             sample = self.samples[index]
-            raise DatasetError(
+            raise SampleError(
                 f"{sample.label_path}: label is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
                 f"{sample.image_path} is {image.shape[1]}x{image.shape[0]}"
             )
@@ -239,8 +287,8 @@ class SegmentationDataset:
         dataset.__dict__.update(changes)
         return dataset
 
-    def subset(self, ids: Iterable[str]) -> SegmentationDataset:
-        """The same dataset restricted to ``ids``, in their order."""
+    def subset(self, ids: Iterable[str], labeled: bool = False) -> SegmentationDataset:
+        """The same dataset restricted to ``ids``, in their order; ``labeled``: each must have a label."""
         ids = list(ids)
         by_id = {sample.id: sample for sample in self.samples}
         unknown = [item for item in ids if item not in by_id]
@@ -252,7 +300,15 @@ class SegmentationDataset:
         duplicates = repeated(ids)
         if duplicates:
             raise DatasetError(f"{self.description}: ids requested more than once: {shown(duplicates)}")
-        return self._copy(samples=[by_id[item] for item in ids])
+        samples = [by_id[item] for item in ids]
+        if labeled:
+            unlabeled = [str(sample.image_path) for sample in samples if sample.label_path is None]
+            if unlabeled:
+                raise DatasetError(
+                    f"{self.description}: {len(unlabeled)} id(s) used as labeled are unlabeled images "
+                    f"(no label file): {shown(unlabeled)}"
+                )
+        return self._copy(samples=samples)
 
     def with_transform(self, transform: Callable | None) -> SegmentationDataset:
         """A copy whose items go through ``transform(image, mask)``."""

@@ -1,12 +1,13 @@
 """PASCAL VOC 2012 with the SBD augmented labels, in the layout the CPS code uses.
 
 root/JPEGImages/{id}.jpg and root/SegmentationClassAug/{id}.png (class indices, 255 = ignore).
-The ids of a split come from a list file: one id, or an "image label" path pair, a line.
+The ids of a split come from a list file: one id, or an "image label" path pair, a line. A
+relative list path is looked up under root, then under the working directory (for the public lists
+in resources/splits/voc next to read-only data).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 from mgd.data.base import (
@@ -15,9 +16,9 @@ from mgd.data.base import (
     default_palette,
     read_list_lines,
     require_root,
+    resolve_list_path,
     sample_id,
 )
-from mgd.errors import ConfigError
 
 REQUIRED_KEYS = ("root",)
 OPTIONAL_KEYS = ("train_list", "val_list")
@@ -32,10 +33,7 @@ CLASSES = (
 def build(cfg: Mapping[str, Any], split: str) -> SegmentationDataset:
     root = require_root(cfg)
     list_key = f"{split}_list"
-    list_name = cfg.get(list_key, DEFAULT_LISTS[split])
-    if not isinstance(list_name, (str, Path)):
-        raise ConfigError(f"dataset config key '{list_key}' must be a file path, got {list_name!r}")
-    list_path = root / Path(list_name).expanduser()  # relative paths are relative to root
+    list_path = resolve_list_path(root, cfg.get(list_key, DEFAULT_LISTS[split]), list_key)
     ids = [sample_id(fields[0]) for _, fields in read_list_lines(list_path)]
     samples = [
         Sample(item, root / "JPEGImages" / f"{item}.jpg", root / "SegmentationClassAug" / f"{item}.png")

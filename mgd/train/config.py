@@ -7,20 +7,14 @@ the wrong type or a missing required key raises ConfigError naming the dotted ke
 from __future__ import annotations
 
 import copy
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
+from mgd import schemas
 from mgd.errors import ConfigError
 from mgd.io import sha256_json
-
-
-def _schema() -> dict:
-    text = resources.files("mgd").joinpath("schemas/train.schema.yaml").read_text()
-    return yaml.safe_load(text)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -54,25 +48,10 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
-def _fill_defaults(cfg: dict, schema: dict) -> None:
-    for key, sub_schema in schema.get("properties", {}).items():
-        if key not in cfg and "default" in sub_schema:
-            cfg[key] = copy.deepcopy(sub_schema["default"])
-        if isinstance(cfg.get(key), dict) and sub_schema.get("type") == "object":
-            _fill_defaults(cfg[key], sub_schema)
-
-
 def validate_config(cfg: dict) -> dict:
-    """Validate ``cfg`` against the training schema and return a copy with defaults filled in."""
-    schema = _schema()
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.path))
-    if errors:
-        error = errors[0]
-        key = ".".join(str(part) for part in error.path) or "<top level>"
-        raise ConfigError(f"config key {key}: {error.message}")
-    cfg = copy.deepcopy(cfg)
-    _fill_defaults(cfg, schema)
-    return cfg
+    """Validate ``cfg`` against the training schema (the method's parameters included) and return
+    a copy with defaults filled in."""
+    return schemas.validate(cfg, "train")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
@@ -90,23 +69,6 @@ def config_hash(cfg: dict) -> str:
 
 
 def method_params(cfg: dict, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Merge the ``method`` slice over an objective's defaults; unknown keys raise ConfigError."""
-    given = {key: value for key, value in cfg["method"].items() if key != "name"}
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        known = ", ".join(sorted(defaults)) or "none"
-        raise ConfigError(
-            f"config key method.{unknown[0]}: unknown parameter for method {cfg['method']['name']!r} "
-            f"(known: {known})"
-        )
-    params = copy.deepcopy(defaults)
-    for key, value in given.items():
-        default = defaults[key]
-        if default is not None and not isinstance(value, type(default)) and not (
-            isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
-        ):
-            raise ConfigError(
-                f"config key method.{key}: expected {type(default).__name__}, got {type(value).__name__} {value!r}"
-            )
-        params[key] = float(value) if isinstance(default, float) else value
-    return params
+    """The ``method`` slice without its name, over the method's schema defaults
+    (``mgd.schemas.method_defaults``); validate_config has checked the names and types."""
+    return {**copy.deepcopy(defaults), **{key: value for key, value in cfg["method"].items() if key != "name"}}

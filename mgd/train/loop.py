@@ -106,7 +106,7 @@ class Trainer:
 
         self.split = read_split(data_cfg["split"])
         dataset = build_dataset(data_cfg["dataset"], "train")
-        self.labeled = dataset.subset(self.split.labeled)
+        self.labeled = dataset.subset(self.split.labeled, labeled=True)
         self.unlabeled = dataset.subset(self.split.unlabeled) if self.objective_cls.unlabeled_streams else None
         if self.unlabeled is not None and len(self.unlabeled) == 0:
             raise ConfigError(f"config key data.split: {data_cfg['split']} has no unlabeled ids")
@@ -205,7 +205,7 @@ class Trainer:
         labeled = stream_loader(self.labeled, transform, True, data_cfg["batch_labeled"], stream="labeled", **common)
         unlabeled = [
             stream_loader(self.unlabeled, transform, False, data_cfg["batch_unlabeled"], stream=f"unlabeled{index}", **common)
-            for index in range(self.objective_cls.unlabeled_streams)
+            for index in range(self.objective.unlabeled_streams)
         ]
         return iter(labeled), [iter(loader) for loader in unlabeled]
 

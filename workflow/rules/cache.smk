@@ -15,7 +15,7 @@ if CACHE:
         output:
             f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/teacher_cache/{{layout}}/cache.yaml",
         params:
-            text=lambda wc: yaml_text(cache_config(wc.ds, wc.proto, wc.part)),
+            text=lambda wc: yaml_text(PLAN.cache_configs[partition_of(wc)]),
         log:
             f"{RES}/logs/setup/{{ds}}/{{proto}}/{{part}}/cache_{{layout}}.log",
         localrule: True
@@ -29,13 +29,12 @@ if CACHE:
         input:
             config=f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/teacher_cache/{{layout}}/cache.yaml",
             split=f"{RES}/{{ds}}/splits/{{proto}}/{{part}}/split.json",
-            dataset=lambda wc: dataset_inputs(wc.ds),
-            teachers=lambda wc: [model_path(wc.ds, wc.proto, wc.part, t)
-                                 for t, _ in cache_layout(wc.ds, wc.proto, wc.part)["teachers"]],
+            dataset=lambda wc: PLAN.dataset_inputs(wc.ds),
+            teachers=lambda wc: [PATHS.model(*partition_of(wc), ref.run) for ref in PLAN.cache_layout(*partition_of(wc)).teachers],
         output:
             f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/teacher_cache/{{layout}}/complete.txt",
         params:
-            options=lambda wc: cache_options(wc.ds, wc.proto, wc.part),
+            options=lambda wc: PLAN.cache_options(*partition_of(wc)),
         log:
             f"{RES}/logs/cache/{{ds}}/{{proto}}/{{part}}/{{layout}}.log",
         threads: THREADS["train"]

@@ -11,12 +11,12 @@ if not EVAL_IN_TRAIN:
         sliding window of the training crop, stride 2/3 window, single scale)."""
         input:
             model=f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/{{run}}/model.pt",
-            dataset=lambda wc: dataset_inputs(wc.ds),
+            dataset=lambda wc: PLAN.dataset_inputs(wc.ds),
         output:
             f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/{{run}}/metrics.json",
         params:
-            options=lambda wc: evaluate_options(wc.ds),
-            dataset_yaml=lambda wc: dataset_yaml(wc.ds),
+            options=lambda wc: PLAN.evaluate_options(wc.ds),
+            dataset_yaml=lambda wc: PATHS.dataset_yaml(wc.ds),
         log:
             f"{RES}/logs/evaluate/{{ds}}/{{proto}}/{{part}}/{{run}}.log",
         threads: THREADS["evaluate"]
@@ -37,7 +37,7 @@ rule complexity:
     output:
         f"{RES}/{{ds}}/complexity/{{backbone}}.json",
     params:
-        size=lambda wc: config["datasets"][wc.ds]["train"]["crop_size"],
+        size=lambda wc: CFG["datasets"][wc.ds]["train"]["crop_size"],
     log:
         f"{RES}/logs/complexity/{{ds}}/{{backbone}}.log",
     localrule: True

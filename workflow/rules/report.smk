@@ -1,5 +1,5 @@
 # Tables, tables.md and figures: `mgd report` (mgd/report.py) does the work; these rules hand it
-# the table specs (which metrics.json feeds each cell) written from the registry in common.smk.
+# the table specs (which metrics.json feeds each cell) written from the plan (mgd/plan/tables.py).
 
 
 rule table_spec:
@@ -21,7 +21,7 @@ rule table:
     """One table as CSV (mIoU in percent) and, cell for cell, the metrics.json it came from."""
     input:
         spec=f"{RES}/specs/{{table}}.json",
-        cells=table_inputs,
+        cells=lambda wc: PLAN.table_inputs(wc.table),
     output:
         csv=f"{RES}/{{table}}.csv",
         sources=f"{RES}/{{table}}.sources.csv",
@@ -91,14 +91,13 @@ rule fig4_qualitative:
     """Input, ground truth and the Sup / CPS / MGD predictions on the first val images."""
     input:
         models=lambda wc: list(FIGURES["models"].values()),
-        dataset=lambda wc: dataset_inputs(FIGURES["dataset"]),
+        dataset=lambda wc: PLAN.dataset_inputs(FIGURES["dataset"]),
     output:
         f"{RES}/fig4_qualitative.png",
     params:
         models=lambda wc: " ".join(f"--model '{label}={path}'" for label, path in FIGURES["models"].items()),
-        dataset_yaml=lambda wc: dataset_yaml(FIGURES["dataset"]),
-        options=lambda wc: evaluate_options(FIGURES["dataset"]).replace(
-            f"--workers {config['datasets'][FIGURES['dataset']]['evaluate']['workers']}", ""),
+        dataset_yaml=lambda wc: PATHS.dataset_yaml(FIGURES["dataset"]),
+        options=lambda wc: PLAN.evaluate_options(FIGURES["dataset"], workers=False),
         num_images=lambda wc: FIGURES["num_images"],
     log:
         f"{RES}/logs/report/fig4.log",

@@ -7,8 +7,8 @@ rule synth:
     output:
         f"{RES}/{{ds}}/data/dataset.json",
     params:
-        root=lambda wc: f"{RES}/{wc.ds}/data",
-        synth=lambda wc: config["datasets"][wc.ds]["synth"],
+        root=lambda wc: PATHS.synth_root(wc.ds),
+        synth=lambda wc: CFG["datasets"][wc.ds]["synth"],
     log:
         f"{RES}/logs/synth/{{ds}}.log",
     threads: 1
@@ -24,7 +24,7 @@ rule dataset_config:
     output:
         f"{RES}/{{ds}}/dataset.yaml",
     params:
-        text=lambda wc: yaml_text(dataset_slice(wc.ds)),
+        text=lambda wc: yaml_text(PLAN.dataset_slice(wc.ds)),
     log:
         f"{RES}/logs/setup/{{ds}}_dataset_config.log",
     localrule: True
@@ -37,13 +37,13 @@ rule dataset_config:
 rule split:
     """One partition: labeled.txt, unlabeled.txt and split.json (with the lists' hash)."""
     input:
-        split_inputs,
+        lambda wc: PLAN.split_inputs(*partition_of(wc)),
     output:
         f"{RES}/{{ds}}/splits/{{proto}}/{{part}}/split.json",
         f"{RES}/{{ds}}/splits/{{proto}}/{{part}}/labeled.txt",
         f"{RES}/{{ds}}/splits/{{proto}}/{{part}}/unlabeled.txt",
     params:
-        command=split_command,
+        command=lambda wc: PLAN.split_command(*partition_of(wc)),
     log:
         f"{RES}/logs/splits/{{ds}}/{{proto}}/{{part}}.log",
     threads: 1

@@ -5,15 +5,15 @@
 rule train_student:
     """One student run (a method on a student backbone, or an MGD ablation variant)."""
     input:
-        unpack(run_inputs),
+        unpack(lambda wc: PLAN.run_inputs(*run_of(wc))),
     output:
         **train_outputs(),
     wildcard_constraints:
         run="(?!teacher_)[A-Za-z0-9_.-]+",
     params:
-        dir=lambda wc: run_dir(wc.ds, wc.proto, wc.part, wc.run),
-        commands=train_commands,
-        drop=drop_checkpoint,
+        dir=lambda wc: PATHS.run_dir(*run_of(wc)),
+        commands=lambda wc: PLAN.train_commands(*run_of(wc)),
+        drop=DROP_CHECKPOINT,
     log:
         f"{RES}/logs/train/{{ds}}/{{proto}}/{{part}}/{{run}}.log",
     threads: THREADS["train"]

@@ -11,7 +11,7 @@ rule run_config:
     output:
         f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/{{run}}/config.yaml",
     params:
-        text=lambda wc: yaml_text(train_config(wc.ds, wc.proto, wc.part, wc.run)),
+        text=lambda wc: yaml_text(PLAN.run(*run_of(wc)).train_config),
     log:
         f"{RES}/logs/setup/{{ds}}/{{proto}}/{{part}}/{{run}}_config.log",
     localrule: True
@@ -24,15 +24,15 @@ rule run_config:
 rule train_teacher:
     """CPS on a teacher backbone (ResNet-101 v1c or WRN-50-2)."""
     input:
-        unpack(run_inputs),
+        unpack(lambda wc: PLAN.run_inputs(*run_of(wc))),
     output:
         **train_outputs(),
     wildcard_constraints:
         run="teacher_[A-Za-z0-9_]+",
     params:
-        dir=lambda wc: run_dir(wc.ds, wc.proto, wc.part, wc.run),
-        commands=train_commands,
-        drop=drop_checkpoint,
+        dir=lambda wc: PATHS.run_dir(*run_of(wc)),
+        commands=lambda wc: PLAN.train_commands(*run_of(wc)),
+        drop=DROP_CHECKPOINT,
     log:
         f"{RES}/logs/train/{{ds}}/{{proto}}/{{part}}/{{run}}.log",
     threads: THREADS["train"]

@@ -19,7 +19,7 @@ from mgd.train.data import TrainBatch
 
 class Objective(ABC):
     name: ClassVar[str]
-    #: method parameters and their defaults (the ``method`` config slice is checked against them)
+    #: method parameters and their defaults (the method's train-schema definition: mgd.schemas.method_defaults)
     defaults: ClassVar[dict[str, Any]] = {}
     #: 0 (labeled only), or 2 (two independently seeded unlabeled streams mixed by CutMix)
     unlabeled_streams: ClassVar[int] = 0

@@ -35,30 +35,11 @@ from mgd.losses import (
     skt_intra_layer_loss,
 )
 from mgd.models import load_model
+from mgd.schemas import method_defaults
 from mgd.splits import read_split
 from mgd.train.data import TrainBatch
 from mgd.train.objectives.base import Objective
-from mgd.train.objectives.semi import SUPERVISED_DEFAULTS, split_outputs, supervised_loss
-
-TEACHER_DEFAULTS = {
-    # [{name: TD, model: path/to/model.pt}, {name: TW, model: ...}]: names label the logged terms
-    "teachers": [],
-    # "eval": running statistics (clean); "train": batch statistics, as the public code does
-    "teacher_bn": "eval",
-    # "online": the teachers run every step; "cache": their outputs are read from teacher_cache
-    # and no teacher is built or loaded
-    "teacher_source": "online",
-    # folder written by `mgd cache`; with teacher_source "online" the run replays the cache's views
-    # with live teachers (the online reference of a cached run)
-    "teacher_cache": None,
-}
-MIXED_TARGET_DEFAULTS = {
-    # targets on the CutMix image: "teacher" (the teacher run on it) or "views" (mixes of its outputs
-    # on the two un-mixed views); None: "teacher" online, "views" with teacher_source "cache"
-    "mixed_targets": None,
-}
-TEACHER_SOURCES = ("online", "cache")
-MIXED_TARGETS = ("teacher", "views")
+from mgd.train.objectives.semi import split_outputs, supervised_loss
 
 
 @dataclass
@@ -82,8 +63,6 @@ def teacher_entries(params: dict, method: str) -> list[tuple[str, str, str]]:
     entries = []
     for index, entry in enumerate(params["teachers"]):
         key = f"method.teachers[{index}]"
-        if not isinstance(entry, dict) or set(entry) != {"name", "model"}:
-            raise ConfigError(f"config key {key}: expected a mapping with keys 'name' and 'model', got {entry!r}")
         if entry["name"] in [name for name, _, _ in entries]:
             raise ConfigError(f"config key {key}: teacher name {entry['name']!r} is used twice")
         entries.append((entry["name"], entry["model"], key))
@@ -140,10 +119,6 @@ class TeacherDistillation(Objective):
 
     def __init__(self, cfg, params, num_classes, device):
         super().__init__(cfg, params, num_classes, device)
-        if params["teacher_bn"] not in ("eval", "train"):
-            raise ConfigError(f"config key method.teacher_bn: {params['teacher_bn']!r} is not 'eval' or 'train'")
-        if params["teacher_source"] not in TEACHER_SOURCES:
-            raise ConfigError(f"config key method.teacher_source: {params['teacher_source']!r} is not 'online' or 'cache'")
         entries = teacher_entries(params, self.name)
         self.teacher_names = [name for name, _, _ in entries]
         from_cache = params["teacher_source"] == "cache"
@@ -151,8 +126,6 @@ class TeacherDistillation(Objective):
             check_cacheable(type(self), params)
         # SKT has no mixed_targets parameter: its targets are always the teacher's on the mixed image.
         self.mixed_targets = params.get("mixed_targets") or ("views" if from_cache else "teacher")
-        if self.mixed_targets not in MIXED_TARGETS:
-            raise ConfigError(f"config key method.mixed_targets: {self.mixed_targets!r} is not 'teacher' or 'views'")
         if from_cache and self.mixed_targets != "views":
             raise ConfigError("config key method.mixed_targets: a teacher cache holds no outputs on the mixed image; "
                               "use 'views' (or leave it out)")
@@ -255,29 +228,12 @@ class MultiGranularityDistillation(TeacherDistillation):
     """
 
     name = "mgd"
-    defaults = {
-        **SUPERVISED_DEFAULTS,
-        **TEACHER_DEFAULTS,
-        **MIXED_TARGET_DEFAULTS,
-        "supervised": True,  # L_sup
-        "pixel_labeled": True,  # L_P^l
-        "pixel_unlabeled": True,  # L_P^u
-        "image_level_teachers": [0],  # teacher indices L_I is taken from
-        "region_level_teachers": [1],  # teacher indices L_R is taken from
-        "lambda_image": 0.002,
-        "lambda_region": 100.0,
-        "image_reduction": "sum",  # "sum" (public code) or "mean" (eq. 4)
-        "grid": 7,  # Hv = Wv of the regional content vectors (Table 6)
-    }
+    defaults = method_defaults("mgd")
 
     def __init__(self, cfg, params, num_classes, device):
         super().__init__(cfg, params, num_classes, device)
         self.image_teachers = self._check_teacher_index("image_level_teachers", params["image_level_teachers"])
         self.region_teachers = self._check_teacher_index("region_level_teachers", params["region_level_teachers"])
-        if params["image_reduction"] not in ("sum", "mean"):
-            raise ConfigError(f"config key method.image_reduction: {params['image_reduction']!r} is not 'sum' or 'mean'")
-        if not isinstance(params["grid"], int) or params["grid"] < 1:
-            raise ConfigError(f"config key method.grid: {params['grid']!r} is not a positive integer")
         self.feature_grid = params["grid"]
         if self.mixed_targets == "views" and self.region_teachers and params["grid"] not in self.layout.feature_grids:
             raise ConfigError(
@@ -306,7 +262,8 @@ class MultiGranularityDistillation(TeacherDistillation):
                 terms[f"pixel_unlabeled_{name}"] = pixel_consistency_loss(mixed_logits, targets.unlabeled_pseudo)
             if name in self.image_teachers:
                 terms[f"image_{name}"] = params["lambda_image"] * image_level_loss(
-                    mixed_logits, targets.mixed_logits, reduction=params["image_reduction"]
+                    mixed_logits, targets.mixed_logits, reduction=params["image_reduction"],
+                    images_summed=params["image_sum_images"],
                 )
             if name in self.region_teachers:
                 terms[f"region_{name}"] = params["lambda_region"] * region_level_loss(
@@ -320,8 +277,7 @@ class MultiGranularityDistillation(TeacherDistillation):
 class LogitDistillation(TeacherDistillation):
     """KD or CWD on the labeled crops and the mixed unlabeled image, plus L_sup, from every teacher."""
 
-    defaults = {**SUPERVISED_DEFAULTS, **TEACHER_DEFAULTS, **MIXED_TARGET_DEFAULTS, "temperature": 1.0,
-                "distill_weight": 1.0}
+    defaults = method_defaults("kd")
     view_fields = DENSE_FIELDS
     loss_function = staticmethod(kd_loss)
 
@@ -347,7 +303,7 @@ class ChannelWiseDistillation(LogitDistillation):
     """CWD (Shu et al., ICCV 2021): per-channel spatial softmax, KL; tau = 4, weight 3 as in CWD."""
 
     name = "cwd"
-    defaults = {**LogitDistillation.defaults, "temperature": 4.0, "distill_weight": 3.0}
+    defaults = method_defaults("cwd")
     loss_function = staticmethod(cwd_loss)
 
 
@@ -384,7 +340,7 @@ class StructuredKnowledgeTransfer(TeacherDistillation):
     labeled crops and the mixed unlabeled image, plus L_sup."""
 
     name = "skt"
-    defaults = {**SUPERVISED_DEFAULTS, **TEACHER_DEFAULTS, "intra_weight": 1.0, "inter_weight": 1.0}
+    defaults = method_defaults("skt")
     uncacheable = (
         "skt distils the teacher's backbone stage features on the mixed image (about 16 MiB per 512 x 512 view in "
         "fp16 for ResNet-101), too large to cache; use teacher_source: online"

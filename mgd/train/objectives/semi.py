@@ -1,9 +1,10 @@
 """Supervised and semi-supervised objectives: Sup, Mean Teacher, Cross Pseudo Supervision.
 
 They train the CPS teachers (ResNet-101, WRN-50-2) and the student baselines of Tables 1-3.
-Each trainable network runs once per step on the labeled batch concatenated with the CutMix-mixed
-unlabeled batch (one forward per DDP module and step); pseudo-labels come from gradient-free
-forwards on the two un-mixed unlabeled views, mixed with the same box mask.
+Each trainable network runs once per step on the labeled batch concatenated with the unlabeled
+batch (one forward per DDP module and step): for CPS (and MT's CutMix variant) the CutMix-mixed
+image, its pseudo-labels coming from gradient-free forwards on the two un-mixed unlabeled views,
+mixed with the same box mask; for MT as TorchSemiSeg runs it, one plain unlabeled view.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ import copy
 import torch
 from torch import nn
 
+from mgd.errors import ConfigError
 from mgd.losses import mean_teacher_consistency_loss, ohem_ce_loss, pixel_consistency_loss, supervised_ce_loss
+from mgd.schemas import method_defaults
 from mgd.train.data import TrainBatch
 from mgd.train.objectives.base import Objective
 
-SUPERVISED_DEFAULTS = {"ohem": False, "ohem_threshold": 0.7, "ohem_min_kept": 50000}
-
 
 def supervised_loss(logits: torch.Tensor, target: torch.Tensor, params: dict) -> torch.Tensor:
-    """L_sup (eq. 1): cross-entropy, or its OHEM variant as used on Cityscapes."""
+    """L_sup (eq. 1): cross-entropy, or its OHEM variant as used on Cityscapes (min_kept scaled
+    by the images of this process's batch)."""
     if params["ohem"]:
-        return ohem_ce_loss(logits, target, threshold=params["ohem_threshold"], min_kept=params["ohem_min_kept"])
+        return ohem_ce_loss(
+            logits, target, threshold=params["ohem_threshold"], min_kept_per_image=params["ohem_min_kept"]
+        )
     return supervised_ce_loss(logits, target)
 
 
@@ -35,7 +39,7 @@ class Supervised(Objective):
     """Sup: cross-entropy on the labeled crops only."""
 
     name = "sup"
-    defaults = dict(SUPERVISED_DEFAULTS)
+    defaults = method_defaults("sup")
 
     def __init__(self, cfg, params, num_classes, device):
         super().__init__(cfg, params, num_classes, device)
@@ -47,36 +51,51 @@ class Supervised(Objective):
 
 
 class MeanTeacher(Objective):
-    """MT (Tarvainen & Valpola): the EMA of the student gives CutMix-mixed consistency targets."""
+    """MT (Tarvainen & Valpola): the EMA of the student gives consistency targets.
+
+    ``consistency: softmax_mse`` (default) is TorchSemiSeg's MeanTeacher experiment: the student
+    and its EMA see the same labeled and unlabeled crops (one unlabeled stream, no CutMix) and the
+    consistency is the MSE of their softmax outputs over both, weight 100, EMA decay 0.99.
+    ``cutmix``: the consistency is on the CutMix-mixed unlabeled image only, against the box mix of
+    the EMA's outputs on the two un-mixed views.
+    """
 
     name = "mt"
-    defaults = {**SUPERVISED_DEFAULTS, "consistency_weight": 1.0, "ema_decay": 0.99, "export_ema": False}
+    defaults = method_defaults("mt")
     unlabeled_streams = 2
 
     def __init__(self, cfg, params, num_classes, device):
         super().__init__(cfg, params, num_classes, device)
+        self.unlabeled_streams = 1 if params["consistency"] == "softmax_mse" else 2
         student = self.build_student(cfg["seed"])
         self.trainable["student"] = student
         self.frozen["ema"] = copy.deepcopy(student).requires_grad_(False)
 
     def losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         labeled_count = batch.labeled_image.shape[0]
-        student_input = torch.cat([batch.labeled_image, batch.mixed_image()])
-        labeled_logits, mixed_logits = split_outputs(self.trainable["student"](student_input).logits, labeled_count)
+        cutmix = self.params["consistency"] == "cutmix"
+        unlabeled_image = batch.mixed_image() if cutmix else batch.unlabeled[0].image
+        both = torch.cat([batch.labeled_image, unlabeled_image])
+        student_logits = self.trainable["student"](both).logits
         with torch.no_grad():
             ema = self.frozen["ema"]
-            first, second = (ema(view.image).logits for view in batch.unlabeled)
-            target_logits = first * (1 - batch.cutmix_mask) + second * batch.cutmix_mask
+            if cutmix:
+                first, second = (ema(view.image).logits for view in batch.unlabeled)
+                target_logits = batch.mix_maps(first, second)
+            else:
+                target_logits = ema(both).logits
+        consistency_logits = student_logits[labeled_count:] if cutmix else student_logits
         return {
-            "sup": supervised_loss(labeled_logits, batch.labeled_mask, self.params),
+            "sup": supervised_loss(student_logits[:labeled_count], batch.labeled_mask, self.params),
             "consistency": self.params["consistency_weight"]
-            * mean_teacher_consistency_loss(mixed_logits, target_logits),
+            * mean_teacher_consistency_loss(consistency_logits, target_logits),
         }
 
     @torch.no_grad()
     def after_step(self, iteration: int) -> None:
-        # The usual warm-up of the decay (Tarvainen & Valpola): early EMA follows the student closely.
-        decay = min(1.0 - 1.0 / (iteration + 2), self.params["ema_decay"])
+        # A constant decay from the first step, as TorchSemiSeg (no warm-up of the decay).
+        del iteration
+        decay = self.params["ema_decay"]
         student = self.trainable["student"]
         student = getattr(student, "module", student)
         for ema_tensor, tensor in zip(self.frozen["ema"].state_dict().values(), student.state_dict().values()):
@@ -100,7 +119,7 @@ class CrossPseudoSupervision(Objective):
     other's argmax over the CutMix-mixed unlabeled image; the first network is exported."""
 
     name = "cps"
-    defaults = {**SUPERVISED_DEFAULTS, "cps_weight": 1.5}
+    defaults = method_defaults("cps")
     unlabeled_streams = 2
 
     def __init__(self, cfg, params, num_classes, device):

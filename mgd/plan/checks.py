@@ -1,0 +1,72 @@
+"""Cross-reference checks of a validated workflow config: the schema checks shapes, these check
+names against each other (a table's dataset, a partition a protocol lacks, ...)."""
+
+from __future__ import annotations
+
+from mgd.errors import ConfigError
+from mgd.plan.partitions import partition_slug, partitions
+
+
+def check_dataset(config: dict, ds: str, key: str) -> None:
+    if ds not in config["datasets"]:
+        raise ConfigError(f"config key {key}: dataset {ds!r} is not in datasets ({', '.join(config['datasets'])})")
+
+
+def check_protocol(config: dict, ds: str, proto: str, key: str) -> None:
+    check_dataset(config, ds, key)
+    if proto not in config["datasets"][ds]["protocols"]:
+        raise ConfigError(f"config key {key}: protocol {proto!r} is not in datasets.{ds}.protocols "
+                          f"({', '.join(config['datasets'][ds]['protocols'])})")
+
+
+def check_student(config: dict, ds: str, backbone: str, key: str) -> None:
+    if backbone not in config["datasets"][ds]["students"]:
+        raise ConfigError(f"config key {key}: student backbone {backbone!r} has no entry in datasets.{ds}.students")
+
+
+def check_datasets(config: dict) -> None:
+    """Each dataset: generated or configured, partitions well-formed, per-partition schedules named."""
+    for ds, dcfg in config["datasets"].items():
+        if "synth" not in dcfg and "dataset" not in dcfg:
+            raise ConfigError(f"config key datasets.{ds}: needs either 'synth' (generated) or 'dataset' "
+                              "(a dataset config slice)")
+        if "synth" in dcfg and "dataset" in dcfg and dcfg["dataset"].get("name") != "synthetic":
+            raise ConfigError(f"config key datasets.{ds}.dataset: with 'synth' the dataset is the generated "
+                              "synthetic one; drop 'dataset'")
+        for proto, pcfg in dcfg["protocols"].items():
+            partitions(config, ds, proto)
+            if "ids" in pcfg and "import" not in pcfg:
+                raise ConfigError(f"config key datasets.{ds}.protocols.{proto}.ids: only used with 'import'")
+        names = {part.display for proto in dcfg["protocols"] for part in partitions(config, ds, proto)}
+        for group in ("teachers", "students"):
+            for role, schedule in dcfg[group].items():
+                for name in schedule.get("iterations_by_partition", {}):
+                    if name not in names:
+                        raise ConfigError(f"config key datasets.{ds}.{group}.{role}.iterations_by_partition: "
+                                          f"{name!r} is not a partition of any protocol ({sorted(names)})")
+
+
+def check_tables(config: dict) -> None:
+    """Tables name existing datasets, protocols, partitions and student backbones."""
+    tables = config["tables"]
+    for name in ("table1", "table2", "table3"):
+        if name in tables:
+            check_protocol(config, tables[name]["dataset"], tables[name]["protocol"], f"tables.{name}")
+    for backbone in config["student_backbones"]:
+        for name in ("table1", "table3"):
+            if name in tables:
+                check_student(config, tables[name]["dataset"], backbone, "student_backbones")
+    if "table2" in tables:
+        for backbone in tables["table2"]["backbones"]:
+            check_student(config, tables["table2"]["dataset"], backbone, "tables.table2.backbones")
+    ablations = tables.get("ablations")
+    if ablations:
+        for ds in ablations["datasets"]:
+            check_protocol(config, ds, ablations["protocol"], "tables.ablations.datasets")
+            partition_slug(config, ds, ablations["protocol"], ablations["partition"], "tables.ablations.partition")
+            check_student(config, ds, ablations["backbone"], "tables.ablations.backbone")
+
+
+def check_references(config: dict) -> None:
+    check_datasets(config)
+    check_tables(config)

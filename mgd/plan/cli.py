@@ -1,0 +1,55 @@
+"""`mgd plan`: what the workflow would train for a config, before any GPU hour."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mgd.plan.config import DEFAULT_CONFIGFILE, load_workflow_config
+from mgd.plan.plan import Plan, build_plan
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--configfile", nargs="+", metavar="FILE",
+                        help=f"workflow config file(s), replacing {DEFAULT_CONFIGFILE} (as in snakemake)")
+    parser.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides with snakemake --config semantics (value parsed as YAML)")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"runs": [...]} with each run\'s full, validated train config')
+
+
+def run_record(run) -> dict:
+    return {
+        "id": run.id, "dataset": run.dataset, "protocol": run.protocol, "partition": run.partition,
+        "slug": run.slug, "role": run.role, "method": run.method, "backbone": run.backbone, "seed": run.seed,
+        "ablation": run.ablation, "teachers": [ref.run for ref in run.teachers], "train_config": run.train_config,
+    }
+
+
+def plan_table(plan: Plan) -> str:
+    """One line per run: run, method, backbone, partition, iterations, lr, batch, crop, teachers."""
+    header = ("run", "method", "backbone", "partition", "iterations", "lr", "batch", "crop", "teachers")
+    rows = [header]
+    for run in plan.runs.values():
+        cfg = run.train_config
+        rows.append((
+            f"{run.dataset}/{run.protocol}/{run.slug}/{run.id}", run.method, run.backbone, run.partition,
+            str(cfg["optim"]["iterations"]), f"{cfg['optim']['lr']:g}",
+            f"{cfg['data']['batch_labeled']}+{cfg['data']['batch_unlabeled']}", str(cfg["data"]["crop_size"]),
+            ",".join(ref.name for ref in run.teachers) or "-",
+        ))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    teachers = sum(run.role == "teacher" for run in plan.runs.values())
+    lines.append(f"{len(plan.runs)} runs ({teachers} teachers, {len(plan.runs) - teachers} students), "
+                 f"{len(plan.tables)} tables, {len(plan.figure_paths())} figures")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    plan = build_plan(load_workflow_config(args.configfile, args.config))
+    if args.json:
+        print(json.dumps({"runs": [run_record(run) for run in plan.runs.values()]}, indent=2))
+    else:
+        print(plan_table(plan))
+    return 0

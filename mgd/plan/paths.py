@@ -1,0 +1,50 @@
+"""Where the workflow writes everything, under the config's ``results`` folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Paths:
+    results: str
+
+    @classmethod
+    def of(cls, config: dict) -> Paths:
+        return cls(config["results"].rstrip("/"))
+
+    def synth_marker(self, ds: str) -> str:
+        return f"{self.results}/{ds}/data/dataset.json"
+
+    def synth_root(self, ds: str) -> str:
+        return f"{self.results}/{ds}/data"
+
+    def dataset_yaml(self, ds: str) -> str:
+        return f"{self.results}/{ds}/dataset.yaml"
+
+    def split_root(self, ds: str, proto: str) -> str:
+        return f"{self.results}/{ds}/splits/{proto}"
+
+    def split_dir(self, ds: str, proto: str, slug: str) -> str:
+        return f"{self.split_root(ds, proto)}/{slug}"
+
+    def run_dir(self, ds: str, proto: str, slug: str, run: str) -> str:
+        return f"{self.results}/{ds}/runs/{proto}/{slug}/{run}"
+
+    def model(self, ds: str, proto: str, slug: str, run: str) -> str:
+        return f"{self.run_dir(ds, proto, slug, run)}/model.pt"
+
+    def metrics(self, ds: str, proto: str, slug: str, run: str) -> str:
+        return f"{self.run_dir(ds, proto, slug, run)}/metrics.json"
+
+    def complexity(self, ds: str, backbone: str) -> str:
+        return f"{self.results}/{ds}/complexity/{backbone}.json"
+
+    def cache_dir(self, ds: str, proto: str, slug: str, layout: str) -> str:
+        return f"{self.results}/{ds}/runs/{proto}/{slug}/teacher_cache/{layout}"
+
+    def table_csv(self, name: str) -> str:
+        return f"{self.results}/{name}.csv"
+
+    def table_spec(self, name: str) -> str:
+        return f"{self.results}/specs/{name}.json"

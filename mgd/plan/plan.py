@@ -1,0 +1,174 @@
+"""The experiment plan: the workflow config in, every run, table, figure, cache and command out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mgd.errors import ConfigError
+from mgd.plan.checks import check_references
+from mgd.plan.config import validate_workflow_config
+from mgd.plan.partitions import partition_display
+from mgd.plan.paths import Paths
+from mgd.plan.runs import CacheLayout, Registry, Run, cache_layout, cache_train_config, dataset_slice, train_config, uses_cache
+from mgd.plan.tables import figure_spec, table_specs
+from mgd.train.config import validate_config
+
+FIGURES = ("fig1_tradeoff", "fig3_partitions", "fig4_qualitative")
+
+
+@dataclass
+class Plan:
+    """Everything the workflow will do for one config (see build_plan)."""
+
+    config: dict  # the validated workflow config, defaults filled, dataset roots resolved
+    paths: Paths
+    runs: dict[tuple[str, str, str, str], Run]  # (dataset, protocol, slug, run id) -> run
+    tables: dict[str, dict]  # table name -> spec (the JSON `mgd report` reads)
+    figures: dict  # {} or the figure spec: table, dataset, protocol, slug, partition, backbone, models
+    caches: dict[tuple[str, str, str], CacheLayout] = field(default_factory=dict)  # teacher_source: cache
+    cache_configs: dict[tuple[str, str, str], dict] = field(default_factory=dict)
+
+    # -- runs --------------------------------------------------------------------------------
+    def run(self, ds: str, proto: str, slug: str, run: str) -> Run:
+        key = (ds, proto, slug, run)
+        if key not in self.runs:
+            raise ConfigError(f"no run {'/'.join(key)} is planned by the configured tables")
+        return self.runs[key]
+
+    def run_inputs(self, ds: str, proto: str, slug: str, run: str) -> dict[str, str | list[str]]:
+        """Inputs of a training job: its config, split, dataset files, teacher models (and cache)."""
+        spec = self.run(ds, proto, slug, run)
+        files: dict[str, str | list[str]] = {
+            "config": f"{self.paths.run_dir(ds, proto, slug, run)}/config.yaml",
+            "split": f"{self.paths.split_dir(ds, proto, slug)}/split.json",
+            "dataset": self.dataset_inputs(ds),
+            "teachers": [self.paths.model(ds, proto, slug, ref.run) for ref in spec.teachers],
+        }
+        if uses_cache(self.config, spec):
+            files["cache"] = self.cache_done(ds, proto, slug)
+        return files
+
+    def train_commands(self, ds: str, proto: str, slug: str, run: str) -> str:
+        """The mgd commands of a training job: train, then (evaluate_in_training_job) evaluate."""
+        folder = self.paths.run_dir(ds, proto, slug, run)
+        if not self.config["evaluate_in_training_job"]:
+            return f"train --config {folder}/config.yaml"
+        return (f"train --config {folder}/config.yaml -- "
+                f"evaluate --model {folder}/model.pt --dataset-config {self.paths.dataset_yaml(ds)} --split val "
+                f"{self.evaluate_options(ds)} --out {folder}/metrics.json")
+
+    # -- datasets and splits -------------------------------------------------------------------
+    def dataset_slice(self, ds: str) -> dict:
+        return dataset_slice(self.config, self.paths, ds)
+
+    def dataset_inputs(self, ds: str) -> list[str]:
+        """Files a job reading dataset ``ds`` needs: its config slice, and the generated data."""
+        files = [self.paths.dataset_yaml(ds)]
+        if "synth" in self.config["datasets"][ds]:
+            files.append(self.paths.synth_marker(ds))
+        return files
+
+    def split_command(self, ds: str, proto: str, slug: str) -> str:
+        """`mgd splits make|import` of one partition."""
+        protocol = self.config["datasets"][ds]["protocols"][proto]
+        display = partition_display(self.config, ds, proto, slug)
+        if "import" in protocol:
+            lists = protocol["import"][display]
+            ids = f" --ids {protocol['ids']}" if "ids" in protocol else ""
+            return (f"mgd splits import --labeled {lists['labeled']} --unlabeled {lists['unlabeled']}{ids} "
+                    f"--out {self.paths.split_dir(ds, proto, slug)}")
+        size = f"--ratios {display}" if "ratios" in protocol else f"--counts {display}"
+        # One seeded permutation per (seed, base ids): a partition made alone equals the same
+        # partition made together with the others, so each partition is its own small job.
+        return (f"mgd splits make --dataset-config {self.paths.dataset_yaml(ds)} {size} --seed {protocol['seed']} "
+                f"--out {self.paths.split_root(ds, proto)}")
+
+    def split_inputs(self, ds: str, proto: str, slug: str) -> list[str]:
+        protocol = self.config["datasets"][ds]["protocols"][proto]
+        if "import" in protocol:
+            lists = protocol["import"][partition_display(self.config, ds, proto, slug)]
+            return [lists["labeled"], lists["unlabeled"]] + ([protocol["ids"]] if "ids" in protocol else [])
+        return self.dataset_inputs(ds)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate_options(self, ds: str, workers: bool = True) -> str:
+        """`mgd evaluate` options of dataset ``ds`` (without --workers for figure 4)."""
+        evaluate = self.config["datasets"][ds]["evaluate"]
+        options = [f"--mode {evaluate['mode']}"] + ([f"--workers {evaluate['workers']}"] if workers else [])
+        if evaluate["mode"] == "slide":
+            options.append(f"--window {evaluate['window'] or self.config['datasets'][ds]['train']['crop_size']}")
+            if evaluate["stride"]:
+                options.append(f"--stride {evaluate['stride']}")
+        if evaluate["flip"]:
+            options.append("--flip")
+        return " ".join(options)
+
+    # -- teacher caches ------------------------------------------------------------------------
+    def cache_layout(self, ds: str, proto: str, slug: str) -> CacheLayout:
+        return self.caches[(ds, proto, slug)]
+
+    def cache_dir(self, ds: str, proto: str, slug: str) -> str:
+        return self.paths.cache_dir(ds, proto, slug, self.cache_layout(ds, proto, slug).name)
+
+    def cache_done(self, ds: str, proto: str, slug: str) -> str:
+        return f"{self.cache_dir(ds, proto, slug)}/complete.txt"
+
+    def cache_options(self, ds: str, proto: str, slug: str) -> str:
+        layout, options = self.cache_layout(ds, proto, slug), self.config["cache"]
+        text = (f"--views {options['views']} --view-seed {options['view_seed']} "
+                f"--logit-stride {options['logit_stride']} --batch-size {options['batch_size']} "
+                f"--feature-grids {' '.join(map(str, layout.grids))}")
+        return text + (" --dense-logits" if layout.dense else "")
+
+    # -- tables and figures --------------------------------------------------------------------
+    def table_inputs(self, name: str) -> list[str]:
+        """The metrics.json of every cell of table ``name``, then its complexity files."""
+        spec = self.tables[name]
+        files = [path for row in spec["rows"] for path in row["cells"].values()]
+        return files + sorted({row["complexity"] for row in spec["rows"] if row.get("complexity")})
+
+    def figure_paths(self) -> list[str]:
+        if not self.figures:
+            return []
+        names = FIGURES if self.figures["models"] else FIGURES[:2]
+        return [f"{self.paths.results}/{name}.png" for name in names]
+
+    def final_targets(self) -> list[str]:
+        """Every table CSV, tables.md and every figure."""
+        targets = [self.paths.table_csv(name) for name in self.tables]
+        if self.tables:
+            targets.append(f"{self.paths.results}/tables.md")
+        return targets + self.figure_paths()
+
+
+def _validated_train_config(cfg: dict, what: str) -> dict:
+    try:
+        return validate_config(cfg)
+    except ConfigError as error:
+        raise ConfigError(f"{what}: {error}") from None
+
+
+def build_plan(config: dict) -> Plan:
+    """The plan of a workflow config (as loaded: validated here, defaults filled). Raises
+    ConfigError naming the key of the first schema or cross-reference error, or the run whose
+    generated `mgd train` config the train schema rejects."""
+    config = validate_workflow_config(config)
+    check_references(config)
+    registry, paths = Registry(config), Paths.of(config)
+    tables = table_specs(registry, paths)
+    figures = figure_spec(registry, paths)
+    plan = Plan(config, paths, registry.runs, tables, figures)
+    if config["teacher_source"] == "cache":
+        by_partition: dict[tuple[str, str, str], list[Run]] = {}
+        for run in registry.runs.values():
+            by_partition.setdefault(run.partition_key, []).append(run)
+        for key, runs in by_partition.items():
+            if any(uses_cache(config, run) for run in runs):
+                layout = plan.caches[key] = cache_layout(config, runs)
+                plan.cache_configs[key] = _validated_train_config(
+                    cache_train_config(config, paths, *key, layout), f"cache config of {'/'.join(key)}")
+    for run in registry.runs.values():
+        cache_dir = plan.cache_dir(*run.partition_key) if uses_cache(config, run) else None
+        run.train_config = _validated_train_config(train_config(config, paths, run, cache_dir),
+                                                   f"train config of run {'/'.join(run.key)}")
+    return plan

@@ -1,0 +1,226 @@
+"""The experiment plan (mgd.plan) and the config schemas, in milliseconds: which runs the tables
+need (shared runs once), what each cell reads, config errors naming the key, `mgd plan`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mgd.cli import main as mgd_main
+from mgd.errors import ConfigError
+from mgd.plan import PAPER_BACKBONES, build_plan, load_workflow_config, parse_overrides
+from mgd.schemas import method_defaults
+from mgd.train.config import validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@cache
+def raw_config(name: str) -> dict:
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+def config(name: str = "smoke.yaml", **top_level) -> dict:
+    return {**copy.deepcopy(raw_config(name)), **top_level}
+
+
+def runs_of(plan, table: str) -> set[str]:
+    """The metrics files a table reads, one per distinct run."""
+    return {path for row in plan.tables[table]["rows"] for path in row["cells"].values()}
+
+
+def test_import_is_torch_free():
+    code = ("import sys, mgd.plan, mgd.plan.cli; "
+            "assert not {'torch', 'timm', 'torchvision', 'snakemake'} & set(sys.modules), sys.modules.keys()")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_smoke_plan_trains_each_shared_run_once():
+    plan = build_plan(config())
+    roles = [run.role for run in plan.runs.values()]
+    # T_D and T_W at synA 1/4, synA count 4 and synB 1/4, plus Table 4's second T_D / T_W at the
+    # ablation partition of both datasets; students as in test_workflow's dry run.
+    assert roles.count("teacher") == 2 * 3 + 2 * 2
+    assert roles.count("student") == 14 + 14 + 4 + 2 * 9 + 1
+    counts = {name: len(runs_of(plan, name)) for name in plan.tables}
+    assert counts == {"table1": 16, "table2": 6, "table3": 16, "table4": 10, "table5a": 12, "table5b": 4, "table6": 2}
+    table1 = {row["keys"]["method"]: row["cells"]["1/4"] for row in plan.tables["table1"]["rows"]
+              if row["backbone"] == "resnet18d"}
+    table4 = {tuple(row["keys"].values()): row["cells"]["Synthetic-A"] for row in plan.tables["table4"]["rows"]}
+    assert table4[("T_D", "T_W")] == table1["MGD"]  # Table 4's full row is Table 1's MGD run
+    assert plan.tables["table5a"]["rows"][0]["cells"]["Synthetic-A"] == table1["Sup"]
+    assert plan.tables["table6"]["rows"][1]["cells"]["mIoU"] == table1["MGD"]  # the 7x7 row
+
+
+def test_default_plan_counts():
+    plan = build_plan(load_workflow_config([str(REPO / "config" / "config.yaml")]))
+    roles = [run.role for run in plan.runs.values()]
+    assert (roles.count("teacher"), roles.count("student")) == (28, 150)
+    counts = {name: len(runs_of(plan, name)) for name in plan.tables}
+    assert counts == {"table1": 64, "table2": 24, "table3": 64, "table4": 10, "table5a": 12, "table5b": 4,
+                      "table6": 5}
+    assert len(plan.final_targets()) == 7 + 1 + 3
+
+
+@pytest.mark.parametrize("overrides", [{}, {"teacher_source": "cache", "evaluate_in_training_job": False}])
+def test_every_cell_and_input_is_a_planned_run(overrides):
+    plan = build_plan(config(**overrides))
+    metrics = {plan.paths.metrics(*key): run for key, run in plan.runs.items()}
+    for spec in plan.tables.values():
+        for row in spec["rows"]:
+            for path in row["cells"].values():
+                assert metrics[path].backbone == row["backbone"]
+                assert metrics[path].method == row["method"] or (spec["name"], row["paper"]) == ("table5a", "sup")
+    models = {plan.paths.model(*key) for key in plan.runs}
+    assert set(plan.figures["models"].values()) <= models
+    for run in plan.runs.values():
+        inputs = plan.run_inputs(*run.key)
+        assert set(inputs["teachers"]) <= models
+        assert [entry["model"] for entry in run.train_config["method"].get("teachers", [])] == inputs["teachers"]
+        assert validate_config(run.train_config) == run.train_config  # validated, defaults filled
+        assert run.train_config["output_dir"] == plan.paths.run_dir(*run.key)
+    cited = {path for spec in plan.tables.values() for row in spec["rows"] for path in row["cells"].values()}
+    teachers = {plan.paths.metrics(*run.partition_key, ref.run) for run in plan.runs.values() for ref in run.teachers}
+    assert set(metrics) == cited | teachers  # nothing planned that no table needs
+
+
+def test_teacher_cache_layouts():
+    plan = build_plan(config(teacher_source="cache"))
+    layouts = {key: layout.name for key, layout in plan.caches.items()}
+    assert layouts == {("synA", "ratio", "1-4"): "k4_g3-7_dense", ("synA", "few", "4"): "k4_g7",
+                       ("synB", "ratio", "1-4"): "k4_g7_dense"}
+    assert "--feature-grids 3 7 --dense-logits" in plan.cache_options("synA", "ratio", "1-4")
+    skt = plan.run("synA", "ratio", "1-4", "skt_resnet18d").train_config["method"]
+    mgd = plan.run("synA", "ratio", "1-4", "mgd_resnet18d").train_config["method"]
+    assert skt["teacher_source"] == "online" and mgd["teacher_source"] == "cache"
+    assert mgd["teacher_cache"] == plan.cache_dir("synA", "ratio", "1-4")
+    assert plan.cache_configs[("synA", "ratio", "1-4")]["method"]["teachers"][-1]["name"] == "TW2"
+
+
+def test_train_configs_follow_the_precedence_of_method_params():
+    cfg = config(method_params={"mgd": {"grid": 5, "lambda_image": 1.0}, "cps": {"cps_weight": 2.0}})
+    plan = build_plan(cfg)
+    method = plan.run("synA", "ratio", "1-4", "mgd_mobilenetv2_100").train_config["method"]
+    assert (method["grid"], method["lambda_image"], method["lambda_region"]) == (5, 0.0005, 50.0)
+    assert plan.run("synA", "ratio", "1-4", "mgd_resnet18d_t6_grid3").train_config["method"]["grid"] == 3
+    assert plan.run("synA", "ratio", "1-4", "teacher_TD").train_config["method"]["cps_weight"] == 2.0
+    # Table 6's main row follows the configured grid: 5 is not among [3, 7], so 7 gets its own run
+    assert "mgd_resnet18d_t6_grid7" in {key[3] for key in plan.runs}
+
+
+def edit(function):
+    cfg = config()
+    function(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda c: c["datasets"]["synA"]["train"].update(crop_sise=32), "datasets.synA.train.crop_sise"),
+    (lambda c: c["datasets"]["synA"]["teachers"]["TD"].update(lr=-1), "datasets.synA.teachers.TD.lr"),
+    (lambda c: c["tables"].update(table9={"dataset": "synA"}), "tables.table9"),
+    (lambda c: c["tables"]["table1"].update(dataset="nowhere"), "tables.table1"),
+    (lambda c: c["tables"]["table2"].update(protocol="nowhere"), "tables.table2"),
+    (lambda c: c["tables"]["ablations"].update(partition="1/3"), "tables.ablations.partition"),
+    (lambda c: c["tables"]["ablations"].update(backbone="resnet50"), "tables.ablations.backbone"),
+    (lambda c: c["tables"]["figures"].update(backbone="resnet50"), "tables.figures.backbone"),
+    (lambda c: c.update(student_backbones=["resnet18d", "resnet50"]), "student_backbones"),
+    (lambda c: c["datasets"]["synA"]["teachers"]["TD"].update(iterations_by_partition={"1/3": 4}),
+     "datasets.synA.teachers.TD.iterations_by_partition"),
+    (lambda c: c.update(method_params={"mgd": {"lamda_image": 0.1}}), "method_params.mgd.lamda_image"),
+    (lambda c: c["datasets"]["synA"]["students"]["resnet18d"]["method_params"]["mgd"].update(gird=5),
+     r"datasets.syn[AB].students.resnet18d.method_params.mgd.gird"),  # synB shares synA's students
+    (lambda c: c.update(method_params={"sup": {"cps_weight": 1.0}}), "method_params.sup.cps_weight"),
+    (lambda c: c.update(method_params={"mgd": {"image_reduction": "max"}}), "method_params.mgd.image_reduction"),
+    (lambda c: c.update(method_params={"mgd": {"grid": 4.0}}), "method_params.mgd.grid"),
+    (lambda c: c["datasets"]["synA"]["train"].update(batch_labeled=4.0), "datasets.synA.train.batch_labeled"),
+    (lambda c: c["datasets"]["synA"]["teachers"]["TD"].update(iterations=2.0), "datasets.synA.teachers.TD.iterations"),
+])
+def test_bad_config_names_the_key(change, key):
+    with pytest.raises(ConfigError, match=f"config key {key}[:. ]"):
+        build_plan(edit(change))
+
+
+def test_train_schema_checks_method_params_and_integers():
+    cfg = {"output_dir": "out", "data": {"dataset": {"name": "synthetic", "root": "r"}, "split": "s"},
+           "model": {"backbone": "resnet18d"}, "method": {"name": "mgd"}, "optim": {"lr": 0.01, "iterations": 4}}
+    filled = validate_config(cfg)
+    assert filled["method"] == {"name": "mgd", **method_defaults("mgd")}
+    assert method_defaults("cwd")["temperature"] == 4.0 and method_defaults("kd")["temperature"] == 1.0
+    for method, message in (({"name": "mgd", "lamda_image": 1.0}, "method.lamda_image: unknown key"),
+                            ({"name": "sup", "teachers": []}, "method.teachers: unknown key"),
+                            ({"name": "kd", "teacher_bn": "frozen"}, "method.teacher_bn"),
+                            ({"name": "mgd", "teachers": [{"name": "TD"}]}, r"method.teachers.0"),
+                            ({"name": "nope"}, "method.name")):
+        with pytest.raises(ConfigError, match=message):
+            validate_config({**cfg, "method": method})
+    with pytest.raises(ConfigError, match="optim.iterations: 4.0 is not of type 'integer'"):
+        validate_config({**cfg, "optim": {"lr": 0.01, "iterations": 4.0}})
+
+
+def test_data_root_resolves_relative_dataset_roots():
+    cfg = config()
+    real = {"label": "Real", "dataset": {"name": "camvid", "root": "CamVid"},
+            **{key: cfg["datasets"]["synB"][key] for key in ("protocols", "train", "teachers", "students")}}
+    cfg["datasets"]["real"] = real
+    cfg["datasets"]["abs"] = {**real, "dataset": {"name": "camvid", "root": "/datasets/CamVid"}}
+    plan = build_plan(cfg)
+    assert plan.dataset_slice("real")["root"] == "data/CamVid"  # data_root defaults to "data"
+    assert plan.dataset_slice("abs")["root"] == "/datasets/CamVid"
+    assert plan.dataset_slice("synA")["root"] == "results/smoke/synA/data"
+    cfg["data_root"] = "/datasets"
+    assert build_plan(cfg).dataset_slice("real")["root"] == "/datasets/CamVid"
+    assert cfg["datasets"]["real"]["dataset"]["root"] == "CamVid"  # the caller's config is not changed
+
+
+def test_overrides_follow_snakemake_config_semantics(tmp_path):
+    overrides = parse_overrides(["iterations_scale=0.5", "seed=3", "evaluate_in_training_job=False",
+                                 "data_root=/datasets", "tables={table1: {dataset: synA, protocol: ratio}}"])
+    assert overrides == {"iterations_scale": 0.5, "seed": 3, "evaluate_in_training_job": False,
+                         "data_root": "/datasets", "tables": {"table1": {"dataset": "synA", "protocol": "ratio"}}}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["no_value"])
+    one_dataset = config()
+    del one_dataset["datasets"]["synB"]
+    one_dataset["tables"] = {"table2": {"dataset": "synA", "protocol": "few"}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(one_dataset))
+    # a --configfile replaces config/config.yaml; nested --config mappings are merged into it
+    loaded = load_workflow_config([str(path)], ["tables={table1: {dataset: synA, protocol: ratio}}"])
+    assert list(loaded["datasets"]) == ["synA"] and set(loaded["tables"]) == {"table1", "table2"}
+
+
+def test_mgd_plan_json_and_table(capsys):
+    configfile = str(REPO / "config" / "smoke.yaml")
+    assert mgd_main(["plan", "--configfile", configfile, "--config", "iterations_scale=2", "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert len(runs) == 61
+    assert {"id", "dataset", "protocol", "partition", "role", "ablation", "train_config"} <= set(runs[0])
+    by_id = {(run["dataset"], run["protocol"], run["id"]): run for run in runs}
+    main = by_id[("synA", "ratio", "mgd_resnet18d")]
+    assert (main["partition"], main["role"], main["ablation"]) == ("1/4", "student", None)
+    assert by_id[("synA", "few", "teacher_TD")]["partition"] == "4"
+    assert by_id[("synA", "ratio", "mgd_resnet18d_t4_TD")]["ablation"] == "t4_TD"
+    assert by_id[("synA", "ratio", "teacher_TD_seed1")]["ablation"] == "t4_TD_TD"
+    train_config = main["train_config"]
+    assert (train_config["optim"]["iterations"], train_config["optim"]["lr"]) == (4, 0.01)
+    assert train_config["data"]["batch_labeled"] == 2 and train_config["method"]["lambda_region"] == 100.0
+    assert mgd_main(["plan", "--configfile", configfile]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "method", "backbone", "partition", "iterations", "lr", "batch", "crop", "teachers"]
+    assert lines[-1].startswith("61 runs (10 teachers, 51 students), 7 tables, 3 figures")
+    assert mgd_main(["plan", "--configfile", configfile, "--config", "method_params={mgd: {lamda_image: 1}}"]) == 2
+    assert "method_params.mgd.lamda_image" in capsys.readouterr().err
+
+
+def test_paper_backbone_names():
+    assert {PAPER_BACKBONES[name] for name in ("resnet18d", "resnet18_v1c")} == {"ResNet-18"}
+    assert {PAPER_BACKBONES[name] for name in ("mobilenetv2_100", "mobilenetv2_dilated")} == {"MobileNetV2"}
+    paper = yaml.safe_load((REPO / "workflow" / "paper_tables.yaml").read_text())
+    assert "ResNet-18" in json.dumps(paper) and "MobileNetV2" in json.dumps(paper)

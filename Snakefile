@@ -5,6 +5,7 @@
 #   snakemake --cores 2 --configfile config/smoke.yaml     # CI-sized, same DAG
 #   snakemake --cores 8 --resources gpu=4 --configfile config/voc.yaml      # GPU box
 #   snakemake --profile profiles/slurm --configfile config/voc.yaml         # SLURM cluster
+#   snakemake --report report.html                         # tables and figures in one page
 #
 # See docs/workflow.md.
 
@@ -22,6 +23,9 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# CI: run part of the smoke DAG through profiles/slurm on a real single-node SLURM on localhost.
+# CI: run part of the smoke DAG through profiles/slurm on a real single-node SLURM on localhost,
+# then one 2-GPU training job (gpus_per_job=2: sbatch --gpus=2, `mgd job` runs torchrun with 2
+# processes; the node's two "GPUs" are a GRES backed by copies of /dev/null, so the processes use
+# gloo on the CPU, standing in for NCCL on real GPUs).
 #
 # Installs slurm-wlm and munge with apt (root, no systemd), writes a one-node slurm.conf, starts
 # munged, slurmctld and slurmd, runs a small smoke target with the slurm executor
@@ -68,7 +71,7 @@ munge -n | unmunge | grep -q "STATUS:.*Success"
 
 # -- slurm.conf ---------------------------------------------------------------------------------
 HOST="$(hostname -s)"
-CPUS="$(nproc)"
+CPUS="$(nproc --all)"  # not nproc: it follows OMP_NUM_THREADS, exported above
 FREE_MB="$(awk '/MemAvailable/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)"
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 cat > /etc/slurm/slurm.conf <<EOF
@@ -91,13 +94,23 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$FREE_MB State=UNKNOWN
+GresTypes=gpu
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$FREE_MB Gres=gpu:2 State=UNKNOWN
 PartitionName=main Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+EOF
+# Two schedulable GPUs on this CPU-only node: SLURM wants character devices, so two copies of
+# /dev/null stand in for /dev/nvidia0-1. SLURM grants --gpus=2 and sets CUDA_VISIBLE_DEVICES=0,1;
+# CUDA finds no device there and the job's processes use gloo.
+for index in 0 1; do
+    [ -c "/var/spool/slurmd/fakegpu$index" ] || { rm -f "/var/spool/slurmd/fakegpu$index"; mknod -m 666 "/var/spool/slurmd/fakegpu$index" c 1 3; }
+done
+cat > /etc/slurm/gres.conf <<EOF
+NodeName=$HOST Name=gpu File=/var/spool/slurmd/fakegpu[0-1]
 EOF
 
 # -- daemons ------------------------------------------------------------------------------------
 log "starting slurmctld and slurmd ($CPUS CPUs, ${FREE_MB} MB on $HOST)"
-/usr/sbin/slurmctld
+/usr/sbin/slurmctld -c  # -c: a clean state, no node or job left by an earlier run
 for _ in $(seq 50); do [ -s "$STATE/slurmctld.pid" ] && break; sleep 0.2; done
 PIDS+=("$(cat "$STATE/slurmctld.pid")")
 /usr/sbin/slurmd
@@ -131,4 +144,22 @@ submitted=$(grep -c "has been submitted with SLURM jobid" "$STATE/snakemake.log"
 log "jobs submitted to SLURM by this run: $submitted"
 squeue -h -t all -o "%i %j %T %M" || true
 [ "$submitted" -ge 1 ] || { log "no job went through SLURM"; exit 1; }
+
+# -- one 2-process training job: gpus_per_job=2 ------------------------------------------------
+MULTI="$RESULTS-2gpu"
+MULTI_RUN="$MULTI/synA/runs/ratio/1-4/sup_resnet18d"
+log "running $MULTI_RUN with gpus_per_job=2 through profiles/slurm"
+snakemake --profile profiles/slurm --configfile config/smoke.yaml \
+    --config gpus_per_job=2 results="$MULTI" \
+    --slurm-no-account --default-resources slurm_partition=main mem_mb=2000 runtime=10 \
+    --jobs 2 --slurm-init-seconds-before-status-checks 1 --slurm-status-command squeue \
+    "$MULTI_RUN/metrics.json" 2>&1 | tee "$STATE/snakemake-2gpu.log"
+test -s "$MULTI_RUN/metrics.json" || { log "missing $MULTI_RUN/metrics.json"; exit 1; }
+python - "$MULTI_RUN/train.json" <<'PY'
+import json, sys
+summary = json.load(open(sys.argv[1]))
+assert summary["world_size"] == 2, f"{sys.argv[1]}: world_size {summary['world_size']}, expected 2"
+PY
+grep -q "mgd job: 2 processes" "$MULTI/logs/train/synA/ratio/1-4/sup_resnet18d.log" \
+    || { log "the training job did not start 2 processes"; exit 1; }
 log "ok"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CI: lint the workflow, then run the whole smoke DAG (every table and figure) on 2 cores.
+# CI: lint the workflow, then run the whole smoke DAG (every table and figure) on 2 cores, then
+# build the Snakemake report and check it holds every table and figure.
 #
 #   .ci/smoke.sh            # results in results/smoke (removed first)
 # Measured here: about 8 minutes on a shared 2-core VM (see docs/workflow.md).
@@ -23,6 +24,13 @@ for name in table1 table2 table3 table4 table5a table5b table6; do
 done
 for file in tables.md fig1_tradeoff.png fig3_partitions.png fig4_qualitative.png; do
     test -s "$RESULTS/$file"
+done
+# the Snakemake report (self-contained HTML and zip) holds every table and figure
+for report in report.html report.zip; do
+    snakemake --configfile config/smoke.yaml --config results="$RESULTS" --report "$RESULTS/$report"
+    python .ci/check_report.py "$RESULTS/$report" \
+        --tables table1 table2 table3 table4 table5a table5b table6 \
+        --figures fig1_tradeoff fig3_partitions fig4_qualitative
 done
 # a second run has nothing left to do
 snakemake --cores 2 --configfile config/smoke.yaml --config results="$RESULTS" -n 2>&1 | grep -q "Nothing to be done"

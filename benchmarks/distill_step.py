@@ -7,7 +7,8 @@ Both runs take `mgd train` steps (``Trainer.step``: student forward, losses, bac
 same student on the same batches (the cache's replayed views and the same CutMix boxes) at the
 same crop on this machine. The online run executes ResNet-101 v1c (T_D) and WRN-50-2 (T_W) on the
 labeled crops, both un-mixed views and the mixed image, as the public code does; the cached run
-reads their outputs from a teacher cache written beforehand by ``mgd.cache.write_cache``. Teachers
+reads their outputs from a teacher cache written beforehand by ``mgd.cache.write_cache`` (opening
+it checks every file's sha256: timed separately as ``verify_s``). Teachers
 are randomly initialised (timing only) and live with a synthetic dataset in a scratch folder. The
 timed iterations alternate between the two runs so that background load hits both alike; medians
 after warm-up; data loading is excluded (the batches are drawn before timing).
@@ -25,13 +26,14 @@ from pathlib import Path
 
 import torch
 
-from mgd.cache import MGD_FIELDS, write_cache
+from mgd.cache import decode_seconds, measured_bytes, write_cache
 from mgd.data import build_dataset
 from mgd.data.synthetic import write_synthetic_dataset
 from mgd.models import build_model, save_model
 from mgd.splits import make_ratio_splits, write_split
 from mgd.train.config import validate_config
 from mgd.train.loop import Trainer
+from mgd.train.teacher_cache import MGD_FIELDS, TeacherCache, stored_fields
 
 TEACHERS = (("TD", "resnet101_v1c"), ("TW", "wide_resnet50_2"))
 # (lambda_image, lambda_region) of the paper per student
@@ -80,7 +82,18 @@ def benchmark(args) -> dict:
         cfg = prepare(Path(scratch), args.student, args.crop, args.batch)
         cached_cfg = {**cfg, "output_dir": str(Path(scratch) / "cached"),
                       "method": {**cfg["method"], "teacher_source": "cache"}}
-        trainers = {"online": Trainer(cfg), "cached": Trainer(cached_cfg)}
+        online = Trainer(cfg)
+        start = time.perf_counter()
+        trainers = {"online": online, "cached": Trainer(cached_cfg)}
+        open_seconds = time.perf_counter() - start
+        cache = TeacherCache.open(cfg["method"]["teacher_cache"])
+        start = time.perf_counter()
+        entries = {record["store"]: record for record in cache.manifest["teachers"].values()}
+        for source in trainers["cached"].objective.sources.values():
+            source.store.verify(entries[source.store.folder.name]["files"], stored_fields(MGD_FIELDS))
+        verify_seconds = time.perf_counter() - start
+        cache_bytes = measured_bytes(cache)
+        decode = decode_seconds(cache, MGD_FIELDS)
         batches = trainers["cached"].batches()
         steps = [next(batches) for _ in range(args.warmup + args.iterations)]
         phases = {label: defaultdict(list) for label in trainers}
@@ -95,10 +108,11 @@ def benchmark(args) -> dict:
                 trainer.step(batch)
                 if index >= args.warmup:
                     phases[label]["step"].append(time.perf_counter() - start)
-        cache_bytes = trainers["cached"].objective.cache.layout.bytes_per_view(args.crop, NUM_CLASSES)
     result = {"student": args.student, "crop": args.crop, "batch": f"{args.batch}+{args.batch}",
               "iterations": args.iterations, "threads": torch.get_num_threads(), "device": "cpu",
-              "cache_bytes_per_view": len(TEACHERS) * sum(cache_bytes[field] for field in ("thumbnail", *MGD_FIELDS))}
+              "cache_bytes_per_view": len(TEACHERS) * sum(cache_bytes.values()),
+              "cache_bytes_per_teacher_view": cache_bytes, "decode_s_per_view": decode,
+              "cached_trainer_build_s": open_seconds, "verify_s": verify_seconds}
     for label in trainers:
         teachers_per_step = len(TEACHERS)
         targets = [sum(phases[label]["targets"][index * teachers_per_step:(index + 1) * teachers_per_step])
@@ -131,7 +145,9 @@ def main() -> None:
         parts = result[f"{label}_breakdown_s"]
         print(f"{label:<7} {result[f'{label}_s_per_it']:>8.3f} {parts['teacher_targets']:>9.3f} "
               f"{parts['student_forward_and_losses']:>17.3f} {parts['backward_and_sgd']:>8.3f}")
-    print(f"speedup {result['speedup']:.2f}x, cache {result['cache_bytes_per_view']:,} bytes per view (both teachers)")
+    print(f"speedup {result['speedup']:.2f}x, cache {result['cache_bytes_per_view']:,.0f} bytes per view (both teachers), "
+          f"read + decode {result['decode_s_per_view'] * 1e3:.2f} ms per view, hash check at open "
+          f"{result['verify_s']:.3f} s")
     if args.json:
         print(json.dumps(result, indent=2))
 

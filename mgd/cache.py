@@ -5,12 +5,9 @@ recomputing them (docs/cache.md).
 Exact replay: every image has K augmented views; view k of image i is the training augmentation
 drawn with the seed ``ViewReplay.sample_seed(i, k)``. The cache holds each teacher's outputs on
 exactly those crops, and a run with ``teacher_source: cache`` draws one of the K views per stream
-position, so the cached outputs are the teacher's outputs on the student's crop.
-
-A cache folder holds ``manifest.json`` (split, ids, preprocessing, views, layout, and one entry
-per teacher, keyed by the sha256 of its model file) and one folder per teacher with one
-memory-mapped ``.npy`` file per field, each ``[images, K, ...]`` (see ``CacheLayout.fields``),
-plus ``progress.json``: the views written so far, where a killed job resumes.
+position, so the cached outputs are the teacher's outputs on the student's crop. The storage
+format (layout, stores, manifest, integrity) is ``mgd.train.teacher_cache``; this module is the
+command that writes, checks and sizes a cache.
 """
 
 from __future__ import annotations
@@ -18,309 +15,47 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import tempfile
+import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchvision
-from torch import nn
 from tqdm import tqdm
 
-from mgd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mgd.errors import CheckpointError, ConfigError, StaleCacheError
-from mgd.io import sha256_file, write_json_atomic
-from mgd.models.deeplab import HEAD_CHANNELS
+from mgd.errors import ConfigError, StaleCacheError
+from mgd.io import write_json_atomic
 from mgd.train.data import ViewKeys, ViewReplay
+from mgd.train.teacher_cache import (
+    CACHE_KEY,
+    DEFAULT_FEATURE_GRIDS,
+    DEFAULT_LOGIT_STRIDE,
+    DENSE_FIELDS,
+    FORMAT,
+    MANIFEST_NAME,
+    MGD_FIELDS,
+    PACKED_FIELDS,
+    SCALE_FIELDS,
+    VERSION,
+    CacheLayout,
+    CacheStore,
+    TeacherCache,
+    ViewTargets,
+    encode_label_map,
+    library_versions,
+    preprocessing_of,
+    reduce_outputs,
+    weights_hash,
+)
 
-FORMAT = "mgd.teacher_cache"
-VERSION = 1
-MANIFEST_NAME = "manifest.json"
-PROGRESS_NAME = "progress.json"
-CACHE_KEY = "method.teacher_cache"
 DEFAULT_VIEWS = 4
-# The paper's Hv = Wv (Table 6's best); pass 3 5 7 9 11 to serve all of Table 6 from one cache.
-DEFAULT_FEATURE_GRIDS = (7,)
-DEFAULT_LOGIT_STRIDE = 16
 DEFAULT_BATCH_SIZE = 8
-# The decoder feature (and the classifier output) of DeepLabv3+ is at stride 4.
-DECODER_STRIDE = 4
-# Each cached view keeps its input crop average-pooled to 4 x 4: a run checks that it replays the
-# very crop the cache was made on. The tolerance (normalised units) is above the rounding
-# differences between resize kernels (one grey level is 0.017) and far below what another scale,
-# crop position or flip gives on a textured image.
-THUMBNAIL_SIZE = 4
-THUMBNAIL_TOLERANCE = 0.05
 # (name, training images, paper crop, classes) for the size projections of --report.
 PAPER_SETTINGS = (("VOC-aug", 10582, 512, 21), ("Cityscapes", 2975, 800, 19))
 PAPER_TEACHERS = 2
-# The fields a distillation objective reads: MGD's hard labels and pooled maps, KD/CWD's dense logits.
-MGD_FIELDS = ("argmax", "logits", "feature")
-DENSE_FIELDS = ("dense_logits",)
-
-
-@dataclass(frozen=True)
-class CacheLayout:
-    """What is stored per view and teacher, and at which resolution."""
-
-    # decoder feature average-pooled to each G x G (the region loss's Hv x Wv), cells concatenated
-    feature_grids: tuple[int, ...] = DEFAULT_FEATURE_GRIDS
-    logit_stride: int = DEFAULT_LOGIT_STRIDE  # logits average-pooled over cells of this side (L_I)
-    dense_logits: bool = False  # classifier output at stride 4 (KD/CWD soft targets)
-
-    @classmethod
-    def from_dict(cls, layout: dict) -> CacheLayout:
-        return cls(**{**layout, "feature_grids": tuple(layout["feature_grids"])})
-
-    def grid_feature(self, feature: torch.Tensor, grid: int) -> torch.Tensor:
-        """The B x C x grid x grid map out of the concatenated pooled cells ``feature`` (B x C x cells)."""
-        offset = sum(size * size for size in self.feature_grids[:self.feature_grids.index(grid)])
-        return feature[:, :, offset:offset + grid * grid].unflatten(2, (grid, grid))
-
-    def fields(self, crop: int, num_classes: int) -> dict[str, tuple[str, tuple[int, ...]]]:
-        """Field name -> (numpy dtype, shape of one view) at a square ``crop``."""
-        if num_classes > 256:
-            raise ConfigError(f"{num_classes} classes do not fit the cache's uint8 class maps (at most 256)")
-        feature_side = math.ceil(crop / DECODER_STRIDE)
-        logit_side = math.ceil(crop / self.logit_stride)
-        fields = {
-            "argmax": ("uint8", (crop, crop)),
-            "logits": ("float16", (num_classes, logit_side, logit_side)),
-            "feature": ("float16", (HEAD_CHANNELS, sum(grid * grid for grid in self.feature_grids))),
-            "thumbnail": ("float32", (3, THUMBNAIL_SIZE, THUMBNAIL_SIZE)),
-        }
-        if self.dense_logits:
-            fields["dense_logits"] = ("float16", (num_classes, feature_side, feature_side))
-        return fields
-
-    def bytes_per_view(self, crop: int, num_classes: int) -> dict[str, int]:
-        return {name: np.dtype(dtype).itemsize * math.prod(shape)
-                for name, (dtype, shape) in self.fields(crop, num_classes).items()}
-
-
-@dataclass
-class ViewTargets:
-    """One teacher's outputs on a batch of views in the form the cache stores them: uint8 class
-    maps, fp16 maps, fp32 thumbnails. A field nobody asked for is None."""
-
-    thumbnail: torch.Tensor  # B x 3 x 4 x 4: the input crops, pooled (replay check)
-    argmax: torch.Tensor | None = None  # B x H x W: argmax of the full-resolution logits
-    logits: torch.Tensor | None = None  # B x N x h x w: logits pooled over logit_stride cells
-    feature: torch.Tensor | None = None  # B x 256 x cells: decoder feature pooled to each grid
-    dense_logits: torch.Tensor | None = None  # B x N x H/4 x W/4: classifier output, not upsampled
-
-    def split(self, sizes: list[int]) -> list[ViewTargets]:
-        parts = {name: value.split(sizes) if value is not None else [None] * len(sizes)
-                 for name, value in vars(self).items()}
-        return [ViewTargets(**{name: part[index] for name, part in parts.items()}) for index in range(len(sizes))]
-
-    def for_losses(self, layout: CacheLayout, grid: int | None) -> ViewTargets:
-        """Class maps as int64, maps as fp32 (the dtypes the losses take), the feature pooled to ``grid``."""
-        converted = {name: None if value is None else value.long() if name == "argmax" else value.float()
-                     for name, value in vars(self).items()}
-        if converted["feature"] is not None:
-            converted["feature"] = layout.grid_feature(converted["feature"], grid)
-        return ViewTargets(**converted)
-
-
-def thumbnail(images: torch.Tensor) -> torch.Tensor:
-    return F.adaptive_avg_pool2d(images.float(), THUMBNAIL_SIZE)
-
-
-@torch.no_grad()
-def reduce_outputs(model: nn.Module, images: torch.Tensor, layout: CacheLayout, fields: tuple[str, ...]) -> ViewTargets:
-    """Run ``model`` on ``images`` and keep ``fields`` in storage form: what ``mgd cache`` writes
-    and what the online path with ``mixed_targets: views`` uses, so both agree to the bit."""
-    output = model(images)
-    shapes = layout.fields(images.shape[-1], output.logits.shape[1])
-    values = {"thumbnail": thumbnail(images)}
-    if "argmax" in fields:
-        values["argmax"] = output.logits.argmax(1).to(torch.uint8)
-    if "logits" in fields:
-        values["logits"] = F.adaptive_avg_pool2d(output.logits, shapes["logits"][1][1:]).half()
-    if "feature" in fields:
-        # pooled straight from the full feature, as the region loss pools it: exact on an un-mixed view
-        pooled = [F.adaptive_avg_pool2d(output.feature, grid).flatten(2) for grid in layout.feature_grids]
-        values["feature"] = torch.cat(pooled, dim=2).half()
-    if "dense_logits" in fields:
-        values["dense_logits"] = model.classifier(output.feature).half()
-    return ViewTargets(**values)
-
-
-def weights_hash(path: str | Path, key: str) -> str:
-    """sha256 of a teacher's model file: the cache's key for its weights."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"config key {key}: {path}: model file not found")
-    return sha256_file(path)
-
-
-def preprocessing_of(data_cfg: dict) -> dict:
-    """Everything that decides a view's crop besides its seed: the training transform's settings."""
-    return {"crop_size": data_cfg["crop_size"], "scales": [float(scale) for scale in data_cfg["scales"]],
-            "flip": True, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-
-def library_versions() -> dict:
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__}
-
-
-class CacheStore:
-    """One teacher's cached outputs: one memory-mapped array per field, ``[images, K, ...]``."""
-
-    def __init__(self, folder: Path, fields: dict[str, tuple[str, tuple[int, ...]]], ids: list[str], views: int):
-        self.folder = folder
-        self.fields = fields
-        self.rows = {image_id: row for row, image_id in enumerate(ids)}
-        self.views = views
-        self.total = len(ids) * views
-        self.arrays: dict[str, np.memmap] = {}
-
-    def path(self, name: str) -> Path:
-        return self.folder / f"{name}.npy"
-
-    @property
-    def views_done(self) -> int:
-        progress = self.folder / PROGRESS_NAME
-        return json.loads(progress.read_text())["views_done"] if progress.is_file() else 0
-
-    @property
-    def complete(self) -> bool:
-        return self.views_done >= self.total
-
-    def array(self, name: str) -> np.memmap:
-        if name not in self.arrays:
-            self.arrays[name] = np.load(self.path(name), mmap_mode="r")
-        return self.arrays[name]
-
-    def read(self, keys: ViewKeys, images: torch.Tensor, fields: tuple[str, ...]) -> ViewTargets:
-        """The cached ``fields`` of the views ``keys`` on ``images``' device, after checking that
-        ``images`` are the crops the cache was made on."""
-        rows = np.array([self.rows[image_id] for image_id in keys.ids])
-        views = np.array(keys.views)
-        if (views < 0).any():
-            raise ValueError("CacheStore.read: a freshly augmented view has no cached outputs")
-        values = {name: torch.from_numpy(np.ascontiguousarray(self.array(name)[rows, views])).to(images.device)
-                  for name in ("thumbnail", *fields)}
-        difference = (thumbnail(images) - values["thumbnail"]).abs().flatten(1).amax(1)
-        if (difference > THUMBNAIL_TOLERANCE).any():
-            index = int((difference > THUMBNAIL_TOLERANCE).nonzero()[0])
-            raise StaleCacheError(
-                f"stale cache: teacher cache {self.folder}: view {keys.views[index]} of image {keys.ids[index]} is "
-                f"not the crop the cache was made on (thumbnails differ by {float(difference[index]):.3g}): the images "
-                f"or the augmentation code changed since `mgd cache` ran (now {library_versions()}); re-run mgd cache"
-            )
-        return ViewTargets(**values)
-
-    # -- writing (mgd cache) -------------------------------------------------------------------
-    def open_for_writing(self) -> None:
-        """Create the arrays (new store) or reopen them to resume after the recorded progress."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        resume = (self.folder / PROGRESS_NAME).is_file()
-        for name, (dtype, shape) in self.fields.items():
-            full_shape = (len(self.rows), self.views, *shape)
-            if resume:
-                array = np.load(self.path(name), mmap_mode="r+")
-                if array.shape != full_shape or array.dtype != np.dtype(dtype):
-                    raise StaleCacheError(f"stale cache: {self.path(name)} is {array.dtype} {array.shape}, "
-                                          f"expected {dtype} {full_shape}; delete {self.folder} and re-run mgd cache")
-            else:
-                array = np.lib.format.open_memmap(self.path(name), mode="w+", dtype=dtype, shape=full_shape)
-            self.arrays[name] = array
-        if not resume:
-            self.commit(0)
-
-    def write(self, first: int, targets: ViewTargets, model_path: str) -> None:
-        """Write the views at flat positions ``first, first + 1, ...`` (position = row * K + view)."""
-        for name, (_, shape) in self.fields.items():
-            value = getattr(targets, name)
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                raise CheckpointError(f"{model_path}: teacher outputs ({name}) exceed the fp16 range of the cache")
-            if tuple(value.shape[1:]) != shape:
-                raise ValueError(f"cache field {name}: teacher gives {tuple(value.shape[1:])}, the layout expects {shape}")
-            self.arrays[name].reshape(-1, *shape)[first:first + value.shape[0]] = value.cpu().numpy()
-
-    def commit(self, views_done: int) -> None:
-        """Flush the arrays, then record the progress: a killed job never skips unwritten views."""
-        for array in self.arrays.values():
-            array.flush()
-        write_json_atomic(self.folder / PROGRESS_NAME, {"views_done": views_done, "views_total": self.total})
-
-
-class TeacherCache:
-    """A cache folder: its manifest, checked against a run, and its teacher stores."""
-
-    def __init__(self, root: str | Path, manifest: dict):
-        self.root = Path(root)
-        self.manifest = manifest
-        self.views = ViewReplay(**manifest["views"])
-        self.layout = CacheLayout.from_dict(manifest["layout"])
-
-    @classmethod
-    def open(cls, root: str | Path) -> TeacherCache:
-        path = Path(root) / MANIFEST_NAME
-        if not path.is_file():
-            raise ConfigError(f"config key {CACHE_KEY}: {root} holds no teacher cache (no {MANIFEST_NAME}); "
-                              "write it with `mgd cache --config <this config>`")
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise StaleCacheError(f"stale cache: {path} cannot be read: {error}") from error
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise StaleCacheError(f"stale cache: {path} is not a version-{VERSION} teacher cache "
-                                  f"(format {manifest.get('format')!r} version {manifest.get('version')!r}); re-run mgd cache")
-        return cls(root, manifest)
-
-    @property
-    def ids(self) -> list[str]:
-        return self.manifest["ids"]
-
-    def check_run(self, split, data_cfg: dict) -> None:
-        """StaleCacheError unless the run's split and preprocessing are the cache's."""
-        cached_split = self.manifest["split"]
-        if cached_split["hash"] != split.hash:
-            raise StaleCacheError(
-                f"stale cache: teacher cache {self.root} was made for split {cached_split['path']} "
-                f"(hash {cached_split['hash'][:12]}), this run uses {data_cfg['split']} (hash {split.hash[:12]}); "
-                f"run mgd cache for this split into another {CACHE_KEY}"
-            )
-        cached, wanted = self.manifest["preprocessing"], preprocessing_of(data_cfg)
-        for name, value in wanted.items():
-            if cached.get(name) != value:
-                where = f"data.{name}" if name in ("crop_size", "scales") else f"the training transform's {name}"
-                raise StaleCacheError(
-                    f"stale cache: teacher cache {self.root} was made with {name} {cached.get(name)}, this run uses "
-                    f"{value} ({where}); run mgd cache with this config into another {CACHE_KEY}"
-                )
-
-    def fields(self, num_classes: int) -> dict[str, tuple[str, tuple[int, ...]]]:
-        return self.layout.fields(self.manifest["preprocessing"]["crop_size"], num_classes)
-
-    def store(self, model_path: str | Path, key: str, num_classes: int) -> CacheStore:
-        """The complete store of the teacher whose model file is ``model_path`` (config key ``key``)."""
-        weights = weights_hash(model_path, key)
-        entry = self.manifest["teachers"].get(weights)
-        if entry is None:
-            known = ", ".join(f"{record['model']} ({digest[:12]})" for digest, record in self.manifest["teachers"].items())
-            raise StaleCacheError(
-                f"stale cache: teacher cache {self.root} holds no outputs of {key} {model_path} (weights sha256 "
-                f"{weights[:12]}); it holds {known or 'no teacher'}: the weights changed since mgd cache ran; re-run it"
-            )
-        if entry["num_classes"] != num_classes:
-            raise ConfigError(f"config key {key}: teacher {model_path} predicts {entry['num_classes']} classes, "
-                              f"the dataset has {num_classes}")
-        store = CacheStore(self.root / entry["store"], self.fields(num_classes), self.ids, self.views.count)
-        if not store.complete:
-            raise StaleCacheError(
-                f"stale cache: teacher cache {store.folder} is incomplete ({store.views_done} of {store.total} views); "
-                "re-run mgd cache to finish it"
-            )
-        return store
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -359,6 +94,19 @@ def check_options(cache: TeacherCache, views: int | None, view_seed: int | None,
                                   f"write to another {CACHE_KEY} folder or leave the option out")
 
 
+def check_not_an_input(root: Path, cfg: dict, teachers: list[tuple[str, str, str]]) -> None:
+    """ConfigError when the cache folder is, holds or lies inside one of the job's inputs."""
+    folder = root.resolve()
+    data_root = Path(cfg["data"]["dataset"]["root"]).resolve()
+    if folder == data_root or data_root in folder.parents or folder in data_root.parents:
+        raise ConfigError(f"config key {CACHE_KEY}: {root} overlaps the data root {cfg['data']['dataset']['root']}; "
+                          "mgd cache does not write into its inputs: choose another folder")
+    for _, path, key in teachers:
+        if folder == Path(path).resolve() or folder in Path(path).resolve().parents:
+            raise ConfigError(f"config key {CACHE_KEY}: {root} holds the teacher model file {path} ({key}); "
+                              "mgd cache does not write into its inputs: choose another folder")
+
+
 def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = None, layout_options: dict | None = None,
                 batch_size: int = DEFAULT_BATCH_SIZE, device: str = "auto", num_workers: int | None = None) -> TeacherCache:
     """Run every teacher of ``cfg`` over the K views of each training image of its split and store
@@ -368,11 +116,12 @@ def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = Non
     from mgd.models import load_model
     from mgd.splits import read_split
     from mgd.train.data import AugmentedViews
-    from mgd.train.loop import select_device
+    from mgd.device import select_device
 
     params, teachers = cache_plan(cfg)
     layout_options = {name: value for name, value in (layout_options or {}).items() if value is not None}
     root = Path(params["teacher_cache"])
+    check_not_an_input(root, cfg, teachers)
     hashes = {name: weights_hash(path, key) for name, path, key in teachers}
     split = read_split(cfg["data"]["split"])
     dataset = build_dataset(cfg["data"]["dataset"], "train")
@@ -398,6 +147,8 @@ def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = Non
         entry = cache.manifest["teachers"].get(hashes[name])
         store = CacheStore(root / hashes[name][:16], fields, ids, cache.views.count)
         if entry is not None and store.complete:
+            if "files" not in entry:  # killed between its last view and recording its hashes
+                record_files(cache, hashes[name], store)
             continue
         model = load_model(path, map_location=torch_device).eval()
         if model.num_classes != dataset.num_classes:
@@ -411,13 +162,13 @@ def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = Non
             }
             write_json_atomic(root / MANIFEST_NAME, cache.manifest)
         store.open_for_writing()
-        pending.append((store, model, str(path)))
+        pending.append((store, model, str(path), hashes[name]))
     if not pending:
         return cache
 
     total = len(ids) * cache.views.count
     # Batches sit at multiples of batch_size, so a resumed job forms the batches an uninterrupted one does.
-    start = min(store.views_done for store, _, _ in pending) // batch_size * batch_size
+    start = min(store.views_done for store, *_ in pending) // batch_size * batch_size
 
     def key_of(position: int) -> tuple[int, int, int]:
         row, view = divmod(position, cache.views.count)
@@ -434,12 +185,21 @@ def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = Non
     with tqdm(total=total, initial=start, desc=f"mgd cache {root.name}", unit="view", dynamic_ncols=True) as progress:
         for first, sample in zip(range(start, total, batch_size), loader):
             crops = sample["image"].to(torch_device)
-            for store, model, path in pending:
+            for store, model, path, _ in pending:
                 store.write(first, reduce_outputs(model, crops, cache.layout, stored), path)
-            for store, _, _ in pending:
+            for store, *_ in pending:
                 store.commit(first + crops.shape[0])
             progress.update(crops.shape[0])
+    for store, _, _, weights in pending:
+        store.close()
+        record_files(cache, weights, store)
     return cache
+
+
+def record_files(cache: TeacherCache, weights: str, store: CacheStore) -> None:
+    """Record the sizes and hashes of a complete store's files, which every run checks."""
+    cache.manifest["teachers"][weights]["files"] = store.digests()
+    write_json_atomic(cache.root / MANIFEST_NAME, cache.manifest)
 
 
 # -- checking a cache against its teachers --------------------------------------------------------
@@ -459,7 +219,7 @@ def check_cache(cfg: dict, batches: int) -> dict:
     """
     from mgd.losses import self_similarity
     from mgd.train.loop import Trainer
-    from mgd.train.objectives.distill import targets_from_views
+    from mgd.train.teachers import CachedTeacher, targets_from_views
 
     params, teachers = cache_plan(cfg)
     with tempfile.TemporaryDirectory(prefix="mgd-cache-check-") as scratch:
@@ -471,7 +231,8 @@ def check_cache(cfg: dict, batches: int) -> dict:
         objective.set_modes()
         layout = objective.cache.layout
         grid = params["grid"] if params.get("grid") in layout.feature_grids else layout.feature_grids[0]
-        stores = {name: objective.cache.store(path, key, trainer.num_classes) for name, path, key in teachers}
+        cached_teachers = {name: CachedTeacher(objective.cache.store(path, key, trainer.num_classes), layout, MGD_FIELDS)
+                           for name, path, key in teachers}
         stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         with torch.no_grad():
             for batch in islice(trainer.batches(), batches):
@@ -479,7 +240,7 @@ def check_cache(cfg: dict, batches: int) -> dict:
                 crops = torch.cat([images for images, _ in groups])
                 everything = torch.cat([crops, batch.mixed_image()])
                 for name in objective.teacher_names:
-                    views = [stores[name].read(keys, images, MGD_FIELDS).for_losses(layout, grid) for images, keys in groups]
+                    views = cached_teachers[name].views(batch, True, grid)
                     output = objective.teacher(name)(everything)
                     logits, mixed_logits = output.logits.split([crops.shape[0], batch.unlabeled[0].image.shape[0]])
                     feature, mixed_feature = output.feature.split([crops.shape[0], batch.unlabeled[0].image.shape[0]])
@@ -510,17 +271,68 @@ def check_cache(cfg: dict, batches: int) -> dict:
 
 
 # -- sizes -------------------------------------------------------------------------------------------
+def synthetic_label_map(crop: int, num_classes: int, regions: int = 8, seed: int = 0) -> np.ndarray:
+    """A teacher-like class map for size projections: the argmax of random logits on a
+    ``regions`` x ``regions`` grid, upsampled bilinearly to stride 4 and then to ``crop`` as a
+    DeepLabv3+ upsamples its logits (smooth boundaries, every class present at 8 x 8 and 21 classes)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, num_classes, regions, regions, generator=generator)
+    stride4 = torch.nn.functional.interpolate(coarse, size=-(-crop // 4), mode="bilinear", align_corners=False)
+    logits = torch.nn.functional.interpolate(stride4, size=crop, mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].to(torch.uint8).numpy()
+
+
+def projected_bytes(layout: CacheLayout, crop: int, num_classes: int) -> dict[str, int]:
+    """Bytes per teacher and view by field: exact for the fixed-size fields; a packed class map at
+    its compressed size on ``synthetic_label_map`` (a real teacher's maps are usually simpler)."""
+    sizes = layout.bytes_per_view(crop, num_classes)
+    for name in PACKED_FIELDS:
+        sizes[name] = len(encode_label_map(synthetic_label_map(crop, num_classes)))
+    return sizes
+
+
+def measured_bytes(cache: TeacherCache) -> dict[str, float]:
+    """Mean stored bytes per teacher and view by field, over the cache's teachers."""
+    stores = [cache_store(cache, entry) for entry in cache.manifest["teachers"].values()]
+    return {name: sum(store.stored_bytes(name) for store in stores) / len(stores) for name in stores[0].fields}
+
+
+def cache_store(cache: TeacherCache, entry: dict) -> CacheStore:
+    return CacheStore(cache.root / entry["store"], cache.fields(entry["num_classes"]), cache.ids, cache.views.count)
+
+
+def decode_seconds(cache: TeacherCache, fields: tuple[str, ...], samples: int = 32, seed: int = 0) -> float:
+    """Median seconds to read and decode one view's ``fields`` (storage form to the losses' form)
+    for all of the cache's teachers, over ``samples`` random views (page cache as it is)."""
+    stores = [cache_store(cache, entry) for entry in cache.manifest["teachers"].values()]
+    positions = np.random.default_rng(seed).integers(0, stores[0].total, samples)
+    grid = cache.layout.feature_grids[-1]
+    times = []
+    for position in positions:
+        start = time.perf_counter()
+        for store in stores:
+            values = store.load(np.array([position]), ("thumbnail", *fields, *SCALE_FIELDS.values()))
+            ViewTargets(**{name: torch.from_numpy(value) for name, value in values.items()}).for_losses(cache.layout, grid)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def size_report(layout: CacheLayout, views: int, cache: TeacherCache | None = None) -> tuple[str, list[dict]]:
     """Bytes per view and projected sizes at the paper's settings, without and with the dense
-    logits of KD/CWD (text, and the same rows for JSON); ``cache`` adds a row for that cache."""
+    logits of KD/CWD (text, and the same rows for JSON); ``cache`` adds a row for that cache,
+    measured, and its decode time per view."""
     settings = [(name, images, crop, classes, PAPER_TEACHERS) for name, images, crop, classes in PAPER_SETTINGS]
-    if cache is not None:
-        settings.insert(0, ("this cache", len(cache.ids), cache.manifest["preprocessing"]["crop_size"],
-                            cache.manifest["num_classes"], len(cache.manifest["teachers"])))
     dense_layout = CacheLayout(layout.feature_grids, layout.logit_stride, dense_logits=True)
+    per_setting = [(setting, projected_bytes(dense_layout, setting[2], setting[3])) for setting in settings]
+    if cache is not None:
+        measured = measured_bytes(cache)
+        if not cache.layout.dense_logits:  # projected, to show what KD/CWD would add
+            measured["dense_logits"] = dense_layout.bytes_per_view(cache.manifest["preprocessing"]["crop_size"],
+                                                                   cache.manifest["num_classes"])["dense_logits"]
+        per_setting.insert(0, (("this cache", len(cache.ids), cache.manifest["preprocessing"]["crop_size"],
+                                cache.manifest["num_classes"], len(cache.manifest["teachers"])), measured))
     rows = []
-    for name, images, crop, classes, teachers in settings:
-        per_field = dense_layout.bytes_per_view(crop, classes)
+    for (name, images, crop, classes, teachers), per_field in per_setting:
         mgd_bytes = sum(size for field, size in per_field.items() if field not in DENSE_FIELDS)
         rows.append({"setting": name, "images": images, "crop": crop, "classes": classes, "views": views,
                      "teachers": teachers, "bytes_per_teacher_view": per_field,
@@ -531,22 +343,27 @@ def size_report(layout: CacheLayout, views: int, cache: TeacherCache | None = No
     grids = ", ".join(f"{grid} x {grid}" for grid in layout.feature_grids)
     lines = [f"teacher cache sizes: {views} views per image, decoder feature pooled to {grids}, "
              f"logits pooled over {layout.logit_stride}-pixel cells",
-             "bytes per teacher and view:",
-             f"  {'setting':<12} {'crop':>5} {'N':>3} " + " ".join(f"{field:>12}" for field in field_names)]
+             "bytes per teacher and view (argmax: deflated; paper settings: on a synthetic map with every class, "
+             "8 x 8 regions; this cache: measured mean):",
+             f"  {'setting':<12} {'crop':>5} {'N':>3} " + " ".join(f"{field:>13}" for field in field_names)]
     for row in rows:
         lines.append(f"  {row['setting']:<12} {row['crop']:>5} {row['classes']:>3} "
-                     + " ".join(f"{row['bytes_per_teacher_view'][field]:>12,}" for field in field_names))
+                     + " ".join(f"{row['bytes_per_teacher_view'][field]:>13,.0f}" for field in field_names))
     lines += ["all teachers (MGD: every field but dense_logits; KD/CWD: + dense_logits):",
               f"  {'setting':<12} {'images':>7} {'teachers':>8} {'bytes/view MGD':>15} {'total MGD':>11} "
               f"{'bytes/view +dense':>18} {'total +dense':>13}"]
     for row in rows:
-        lines.append(f"  {row['setting']:<12} {row['images']:>7,} {row['teachers']:>8} {row['bytes_per_view']:>15,} "
-                     f"{row['total_bytes'] / 2**30:>7.2f} GiB {row['bytes_per_view_dense']:>18,} "
+        lines.append(f"  {row['setting']:<12} {row['images']:>7,} {row['teachers']:>8} {row['bytes_per_view']:>15,.0f} "
+                     f"{row['total_bytes'] / 2**30:>7.2f} GiB {row['bytes_per_view_dense']:>18,.0f} "
                      f"{row['total_bytes_dense'] / 2**30:>9.2f} GiB")
     if cache is not None:
-        on_disk = sum(path.stat().st_size for path in cache.root.rglob("*.npy"))
+        on_disk = sum(path.stat().st_size for path in cache.root.rglob("*") if path.is_file())
         dense = "with" if cache.layout.dense_logits else "without"
-        lines.append(f"this cache ({cache.root}, {dense} dense_logits) takes {on_disk / 2**20:.1f} MiB on disk")
+        seconds = decode_seconds(cache, MGD_FIELDS)
+        rows[0]["decode_seconds_per_view"] = seconds
+        lines.append(f"this cache ({cache.root}, {dense} dense_logits) takes {on_disk / 2**20:.1f} MiB on disk; "
+                     f"reading and decoding one view's MGD fields for all {len(cache.manifest['teachers'])} "
+                     f"teachers takes {seconds * 1e3:.2f} ms (median of 32 random views)")
     return "\n".join(lines), rows
 
 

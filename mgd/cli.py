@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("mgd.data.synthetic", "write the procedural synthetic dataset to disk"),
     "check-data": ("mgd.data.check", "validate every image/label pair of a dataset"),
     "splits": ("mgd.splits", "make or import labeled/unlabeled partitions"),
+    "import-weights": ("mgd.import_weights", "official MGD-SSSS / CPS checkpoint -> mgd model file"),
     "complexity": ("mgd.complexity", "parameters and MACs of a backbone and its DeepLabv3+"),
     "evaluate": ("mgd.evaluate", "mIoU / per-class IoU of a model on a dataset split"),
     "predict": ("mgd.predict", "colour-coded masks for a folder of images"),

@@ -76,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backbone",
         required=True,
-        help="resnet18d, mobilenetv2_100, resnet101_v1c, wide_resnet50_2 or a timm model name",
+        help="resnet101_v1c, wide_resnet50_2, resnet18_v1c, mobilenetv2_dilated (the paper's), "
+        "resnet18d, mobilenetv2_100 or a timm model name",
     )
     parser.add_argument(
         "--size", required=True, type=_positive_int, help="side of the square input image in pixels"

@@ -7,6 +7,7 @@ size) and written with the run's provenance to a metrics JSON file.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
 from pathlib import Path
@@ -18,9 +19,12 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from mgd.errors import ConfigError, SplitError
-from mgd.inference import add_inference_arguments, infer_logits, inference_options, resolve_device
+from mgd.device import resolve_device
+from mgd.inference import add_inference_arguments, infer_logits, inference_options
 from mgd.io import ensure_writable_dir, refuse_overwriting_inputs, sha256_file, write_json_atomic
 from mgd.metrics import ConfusionMatrix, majority_baseline
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mgd.data import SegmentationDataset
@@ -46,6 +50,7 @@ def evaluate_model(
     flip: bool = False,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    window_batch: int = 8,
 ) -> dict:
     """Metrics of ``model`` on every sample of ``dataset`` (a mgd.data dataset, untransformed).
 
@@ -75,7 +80,7 @@ def evaluate_model(
     for sample in tqdm(loader, desc="evaluate", unit="img", disable=rank != 0):
         image = sample["image"].to(device, non_blocking=True)
         logits = infer_logits(model, image, mode=mode, window=window, stride=stride, flip=flip,
-                              num_classes=dataset.num_classes)
+                              num_classes=dataset.num_classes, window_batch=window_batch)
         matrix.update(logits.argmax(dim=1), sample["mask"].to(device, non_blocking=True))
     matrix.all_reduce()
     result = matrix.compute()
@@ -112,11 +117,7 @@ def main(args: argparse.Namespace) -> int:
     if args.ids is not None:
         dataset = dataset.subset(read_ids(args.ids))
     model = load_model(args.model)
-    if model.num_classes != dataset.num_classes:
-        raise ConfigError(
-            f"model {args.model} has {model.num_classes} classes but dataset config "
-            f"{args.dataset_config} has {dataset.num_classes}"
-        )
+    check_class_names(model, dataset.classes, args.model, args.dataset_config)
 
     start = time.perf_counter()
     metrics = evaluate_model(model, dataset, device=device, num_workers=args.workers, **options)
@@ -137,6 +138,29 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(metrics))
     print(f"wrote {args.out}")
     return 0
+
+
+def check_class_names(model: nn.Module, classes: tuple[str, ...], model_path: Path, dataset_config: Path) -> None:
+    """ConfigError unless the model's class names (or, where its file records none, its class
+    count) are those of the dataset."""
+    recorded = getattr(model, "class_names", None)
+    if recorded is None:
+        if model.num_classes != len(classes):
+            raise ConfigError(
+                f"model {model_path} has {model.num_classes} classes but dataset config "
+                f"{dataset_config} has {len(classes)}"
+            )
+        logger.warning("%s records no class names; only the class count is checked", model_path)
+        return
+    if tuple(recorded) != tuple(classes):
+        differ = next(
+            (i for i, pair in enumerate(zip(recorded, classes)) if pair[0] != pair[1]),
+            min(len(recorded), len(classes)),
+        )
+        raise ConfigError(
+            f"model {model_path} was trained on classes ({', '.join(recorded)}) but dataset config "
+            f"{dataset_config} has ({', '.join(classes)}); first difference at index {differ}"
+        )
 
 
 def format_table(metrics: dict) -> str:

@@ -26,16 +26,20 @@ def infer_logits(
     stride: int | tuple[int, int] | None = None,
     flip: bool = False,
     num_classes: int | None = None,
+    window_batch: int = 8,
 ) -> torch.Tensor:
     """Logits Bx(num_classes)xHxW for normalised images Bx3xHxW.
 
     ``mode="slide"`` needs ``window`` (the crop size); ``stride`` defaults to ceil(2/3 window).
     ``flip`` averages with the prediction of the horizontally mirrored images. ``num_classes``
     defaults to ``model.num_classes`` and is checked against the channels the model returns.
+    ``window_batch`` sliding windows (times the B images) go through the model per forward pass.
     The model runs in eval mode under ``torch.inference_mode``; its previous mode is restored.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if window_batch < 1:
+        raise ValueError(f"window_batch must be positive, got {window_batch}")
     if images.dim() != 4:
         raise ValueError(f"images must be Bx3xHxW, got shape {tuple(images.shape)}")
     if num_classes is None:
@@ -49,7 +53,7 @@ def infer_logits(
     def predict(batch: torch.Tensor) -> torch.Tensor:
         if mode == "whole":
             return _forward(model, batch, num_classes)
-        return _slide(model, batch, window, stride, num_classes)
+        return _slide(model, batch, window, stride, num_classes, window_batch)
 
     was_training = model.training
     model.eval()
@@ -95,6 +99,7 @@ def _slide(
     window: tuple[int, int],
     stride: tuple[int, int],
     num_classes: int | None,
+    window_batch: int,
 ) -> torch.Tensor:
     height, width = images.shape[-2:]
     window_h, window_w = window
@@ -103,15 +108,20 @@ def _slide(
     pad_h, pad_w = max(window_h - height, 0), max(window_w - width, 0)
     padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
     padded_h, padded_w = padded.shape[-2:]
+    offsets = [(top, left) for top in _window_starts(padded_h, window_h, stride[0])
+               for left in _window_starts(padded_w, window_w, stride[1])]
     logit_sum = None
     count = torch.zeros(1, 1, padded_h, padded_w, device=images.device)
-    for top in _window_starts(padded_h, window_h, stride[0]):
-        for left in _window_starts(padded_w, window_w, stride[1]):
-            crop = padded[:, :, top : top + window_h, left : left + window_w]
-            logits = _forward(model, crop, num_classes)
-            if logit_sum is None:
-                logit_sum = logits.new_zeros(images.shape[0], logits.shape[1], padded_h, padded_w)
-            logit_sum[:, :, top : top + window_h, left : left + window_w] += logits
+    # Several windows go through the model as one batch (eval mode: each window's logits do not
+    # depend on the others), so a GPU is not left waiting on one small window at a time.
+    for first in range(0, len(offsets), window_batch):
+        group = offsets[first : first + window_batch]
+        crops = torch.cat([padded[:, :, top : top + window_h, left : left + window_w] for top, left in group])
+        logits = _forward(model, crops, num_classes).unflatten(0, (len(group), images.shape[0]))
+        if logit_sum is None:
+            logit_sum = logits.new_zeros(images.shape[0], logits.shape[2], padded_h, padded_w)
+        for (top, left), window_logits in zip(group, logits, strict=True):
+            logit_sum[:, :, top : top + window_h, left : left + window_w] += window_logits
             count[:, :, top : top + window_h, left : left + window_w] += 1
     return (logit_sum / count)[:, :, :height, :width]
 
@@ -141,12 +151,3 @@ def inference_options(args: argparse.Namespace) -> dict:
         raise ConfigError("--window and --stride must be positive")
     stride = math.ceil(2 * args.window / 3) if args.stride is None else args.stride
     return {"mode": "slide", "window": args.window, "stride": stride, "flip": args.flip}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU -> ConfigError."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but CUDA is not available")
-    return torch.device(name)

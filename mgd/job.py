@@ -3,14 +3,22 @@
 
     mgd job --gpus 1 --run-dir DIR --inputs FILE... --drop-checkpoint -- train --config C -- evaluate ...
 
-GPU slot: Snakemake's ``--resources gpu=N`` bounds how many jobs declaring ``gpu=1`` run at once
-but does not say *which* GPU a job may use. ``--gpus 1`` takes an exclusive ``flock`` on one of N
-slot files (``$MGD_GPU_LOCK_DIR``, default ``/tmp/mgd-gpu-slots-$USER``) and sets
-``CUDA_VISIBLE_DEVICES`` to that slot before anything initialises CUDA; the lock is released
-when this process exits, however it exits. N is ``$MGD_GPUS`` when set, else the number of GPUs
-``nvidia-smi -L`` lists. Nothing is changed when the job asks for no GPU, when the machine has
-none (the commands run on the CPU), when ``CUDA_VISIBLE_DEVICES`` is already set, or inside a
-SLURM allocation (SLURM sets ``CUDA_VISIBLE_DEVICES`` from ``--gpus``).
+GPU slots: Snakemake's ``--resources gpu=N`` bounds how many GPUs the running jobs declare in
+total but does not say *which* GPUs a job may use. ``--gpus G`` takes an exclusive ``flock`` on G
+of N slot files at once (``$MGD_GPU_LOCK_DIR``, default ``/tmp/mgd-gpu-slots-$USER``; all or
+none, so two jobs never hold half of each other's GPUs) and sets ``CUDA_VISIBLE_DEVICES`` to those
+slots before anything initialises CUDA; the locks are released when this process exits, however
+it exits. N is ``$MGD_GPUS`` when set, else the number of GPUs ``nvidia-smi -L`` lists. Nothing is
+changed when the job asks for no GPU, when the machine has none (the commands run on the CPU),
+when ``CUDA_VISIBLE_DEVICES`` is already set, or inside a SLURM allocation (SLURM sets
+``CUDA_VISIBLE_DEVICES`` from ``--gpus``).
+
+Multi-GPU training: with ``--gpus G`` > 1 each ``train`` command runs as G processes under
+torchrun (``python -m torch.distributed.run --standalone``: one process per GPU, NCCL; on a
+machine without CUDA G gloo processes on the CPU, which is how CI stands in for GPUs), with the
+job's ``OMP_NUM_THREADS`` divided among them. The config is validated here first, so a bad key
+is one line before any process starts. The other commands of the job (evaluate, cache) run
+afterwards in this process, once.
 
 Checkpoint guard (``--run-dir``): ``mgd train`` resumes from ``<run-dir>/checkpoint.pt`` and
 itself refuses a checkpoint of another config or split. Teacher weights and dataset files are
@@ -43,7 +51,7 @@ import time
 from pathlib import Path
 
 from mgd.cli import main as mgd_main
-from mgd.errors import ConfigError
+from mgd.errors import ConfigError, MgdError
 from mgd.io import remove_orphaned_temp_files, same_file, sha256_file, write_json_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"  # mgd.train.loop.CHECKPOINT_NAME (not imported: that loads torch)
@@ -177,12 +185,16 @@ def count_gpus() -> int:
     return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
 
 
-def acquire_slot(count: int, wait_s: float = 2.0) -> tuple[int, int]:
-    """Block until one of ``count`` slot files can be locked; (slot, open fd holding the lock)."""
+def acquire_slots(count: int, wanted: int, wait_s: float = 2.0) -> list[tuple[int, int]]:
+    """Block until ``wanted`` of ``count`` slot files are locked together; [(slot, open fd holding
+    its lock)]. All or none: slots locked in a round that cannot complete are released again."""
+    if wanted > count:
+        raise ConfigError(f"--gpus {wanted} (gpus_per_job): this machine has {count} GPU(s)")
     lock_dir = Path(os.environ.get("MGD_GPU_LOCK_DIR", f"/tmp/mgd-gpu-slots-{getpass.getuser()}"))
     lock_dir.mkdir(parents=True, exist_ok=True)
     announced = False
     while True:
+        held = []
         for slot in range(count):
             fd = os.open(lock_dir / f"slot{slot}.lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -190,29 +202,69 @@ def acquire_slot(count: int, wait_s: float = 2.0) -> tuple[int, int]:
             except BlockingIOError:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            return slot, fd
+            held.append((slot, fd))
+            if len(held) == wanted:
+                for _, locked in held:
+                    os.ftruncate(locked, 0)
+                    os.write(locked, f"{os.getpid()}\n".encode())
+                return held
+        for _, fd in held:
+            os.close(fd)
         if not announced:
-            print(f"mgd job: all {count} GPU slots in {lock_dir} are taken; waiting "
+            print(f"mgd job: fewer than {wanted} of the {count} GPU slots in {lock_dir} are free; waiting "
                   "(pass --resources gpu=N to snakemake to avoid this)", file=sys.stderr)
             announced = True
         time.sleep(wait_s)
 
 
 def claim_gpu(requested: int) -> None:
-    """Point CUDA_VISIBLE_DEVICES at a free slot; the lock lives as long as this process."""
+    """Point CUDA_VISIBLE_DEVICES at ``requested`` free slots; the locks live as long as this process."""
     if requested <= 0 or "CUDA_VISIBLE_DEVICES" in os.environ or "SLURM_JOB_ID" in os.environ:
         return
     count = count_gpus()
     if count == 0:
         return
-    if requested > 1:
-        print("mgd job: a job asking for more than one GPU still gets one slot; "
-              "run multi-GPU jobs with CUDA_VISIBLE_DEVICES set", file=sys.stderr)
-    slot, _fd = acquire_slot(count)  # the fd is left open on purpose: closing it frees the slot
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
-    print(f"mgd job: CUDA_VISIBLE_DEVICES={slot}", file=sys.stderr)
+    held = acquire_slots(count, requested)  # the fds are left open on purpose: closing one frees its slot
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(slot) for slot, _fd in held)
+    print(f"mgd job: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}", file=sys.stderr)
+
+
+def run_command(command: list[str], processes: int) -> int:
+    """One mgd command: ``train`` as ``processes`` torchrun processes when > 1, else in this process."""
+    if command[0] == "train" and processes > 1:
+        return run_distributed_training(command, processes)
+    return mgd_main(command)
+
+
+def run_distributed_training(command: list[str], processes: int) -> int:
+    """``mgd train`` under torchrun with one process per GPU (or per CPU share without CUDA); the
+    exit status is 2 when a process stopped on an mgd error (its one-line message is in the log)."""
+    from mgd.train import cli as train_cli
+    from mgd.train.config import load_config
+
+    parser = argparse.ArgumentParser(prog="mgd train")
+    train_cli.add_arguments(parser)
+    try:
+        args = parser.parse_args(command[1:])
+        load_config(args.config, args.overrides)  # a bad config fails here, in one line
+    except MgdError as error:
+        print(f"mgd train: error: {error}", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    threads = int(env.get("OMP_NUM_THREADS") or 0)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(threads // processes, 1))
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+            "-m", "mgd.cli", *command]
+    print(f"mgd job: {processes} processes: {' '.join(argv[1:])}", file=sys.stderr, flush=True)
+    process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    user_error = False
+    for line in process.stderr:  # passed through; a process's "mgd train: error:" line sets the status
+        sys.stderr.write(line)
+        user_error = user_error or "mgd train: error:" in line
+    status = process.wait()
+    sys.stderr.flush()
+    return 2 if status and user_error else status
 
 
 def main(args: argparse.Namespace) -> int:
@@ -228,7 +280,7 @@ def main(args: argparse.Namespace) -> int:
     claim_gpu(args.gpus)
     for command in commands:
         print(f"mgd job: mgd {' '.join(command)}", file=sys.stderr, flush=True)
-        status = mgd_main(command)
+        status = run_command(command, args.gpus)
         if status:
             return status
     if args.drop_checkpoint:

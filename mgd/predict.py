@@ -17,7 +17,8 @@ from torchvision import tv_tensors
 from tqdm import tqdm
 
 from mgd.errors import ConfigError, DatasetError
-from mgd.inference import add_inference_arguments, infer_logits, inference_options, resolve_device
+from mgd.device import resolve_device
+from mgd.inference import add_inference_arguments, infer_logits, inference_options
 from mgd.io import atomic_path, ensure_writable_dir, refuse_overwriting_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

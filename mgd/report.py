@@ -216,9 +216,9 @@ def match_paper_columns(ours: list[str], paper: list[str]) -> list[tuple[str | N
     return [(paper[i], i) if i < len(paper) else (None, None) for i in range(len(ours))]
 
 
-def markdown_table(spec: dict, table, paper: dict | None) -> str:
-    """One table in Markdown: each value cell is ``ours (paper)``, matched by row key and by
-    column (``match_paper_columns``)."""
+def comparison_table(spec: dict, table, paper: dict | None) -> dict:
+    """One table, ours beside the paper's: title, note, header, rows of cells (each value cell
+    ``ours (paper)``, matched by row key and by column, ``match_paper_columns``) and footnote."""
     value_columns = list(spec["value_columns"])
     key_columns = [column for column in table.columns if column not in value_columns]
     paper = paper or {}
@@ -228,12 +228,7 @@ def markdown_table(spec: dict, table, paper: dict | None) -> str:
         f"{column} (paper: {paper_column})" if paper_column is not None else f"{column} (paper: —)"
         for column, (paper_column, _) in zip(value_columns, matched)
     ]
-    lines = [f"### {spec.get('title', spec['name'])}", ""]
-    if paper.get("title"):
-        lines += [f"Paper: {paper['title']}. Cells: ours (paper).", ""]
-    else:
-        lines += ["No paper numbers for this table.", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for index, row in table.iterrows():
         spec_row = spec["rows"][index] if index < len(spec["rows"]) else {}
         reference = paper_rows.get(spec_row.get("paper"), [])
@@ -242,43 +237,95 @@ def markdown_table(spec: dict, table, paper: dict | None) -> str:
             ours = _format_number(_number(row[column]))
             theirs = reference[position] if position is not None and position < len(reference) else None
             cells.append(f"{ours} ({_format_number(theirs) if theirs is not None else '—'})")
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     complexity = paper.get("complexity")
+    footnote = None
     if complexity and spec.get("complexity"):
         described = ", ".join(f"{name} {v['params_m']}M / {v['gmacs']}G" for name, v in complexity.items())
-        lines += ["", f"Paper backbone Params / FLOPs (MACs) at its crop: {described}."]
+        footnote = f"Paper backbone Params / FLOPs (MACs) at its crop: {described}."
+    return {
+        "title": spec.get("title", spec["name"]),
+        "note": f"Paper: {paper['title']}. Cells: ours (paper)." if paper.get("title") else "No paper numbers for this table.",
+        "header": header, "rows": rows, "footnote": footnote,
+    }
+
+
+def markdown_table(spec: dict, table, paper: dict | None) -> str:
+    """One table in Markdown (``comparison_table``)."""
+    parts = comparison_table(spec, table, paper)
+    header = parts["header"]
+    lines = [f"### {parts['title']}", "", parts["note"], ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in parts["rows"]]
+    if parts["footnote"]:
+        lines += ["", parts["footnote"]]
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(spec_paths: list, csv_paths: list, paper_path: str | Path | None, out: str | Path) -> str:
-    from mgd.io import write_text_atomic
+def html_table(spec: dict, table, paper: dict | None) -> str:
+    """One table as an HTML section (``comparison_table``), for the Snakemake report."""
+    from html import escape
 
+    parts = comparison_table(spec, table, paper)
+    head = "".join(f"<th>{escape(cell)}</th>" for cell in parts["header"])
+    body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in cells) + "</tr>\n" for cells in parts["rows"])
+    footnote = f"<p>{escape(parts['footnote'])}</p>\n" if parts["footnote"] else ""
+    return (f"<h3>{escape(parts['title'])}</h3>\n<p>{escape(parts['note'])}</p>\n"
+            f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n{footnote}")
+
+
+TABLES_INTRO = (
+    "mIoU in percent on each dataset's val split. Each table's numbers are traceable: "
+    "`<table>.sources.csv` names, cell for cell, the `metrics.json` the number was read from. "
+    "Paper numbers are matched by row, and by column name (partitions) or else position "
+    "(counts, datasets); our datasets, partitions and "
+    "schedules are those of the workflow config, so they are comparable to the paper's only "
+    "where the config follows the paper's protocol."
+)
+TABLES_TITLE = "MGD reproduction: our tables beside the paper's"
+HTML_STYLE = ("body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse;margin-bottom:.5em} "
+              "th,td{border:1px solid #bbb;padding:.2em .5em;text-align:right} th{background:#eee} "
+              "td:first-child,th:first-child{text-align:left}")
+
+
+def comparison_tables(spec_paths: list, csv_paths: list, paper_path: str | Path | None):
+    """(spec, table, paper entry, csv path) of every table, checked against its spec."""
     if len(spec_paths) != len(csv_paths):
         raise ConfigError(f"--spec and --csv must pair up: {len(spec_paths)} specs, {len(csv_paths)} tables")
     paper = load_paper_tables(paper_path)
-    parts = [
-        "# MGD reproduction: our tables beside the paper's",
-        "",
-        "mIoU in percent on each dataset's val split. Each table's numbers are traceable: "
-        "`<table>.sources.csv` names, cell for cell, the `metrics.json` the number was read from. "
-        "Paper numbers are matched by row, and by column name (partitions) or else position "
-        "(counts, datasets); our datasets, partitions and "
-        "schedules are those of the workflow config, so they are comparable to the paper's only "
-        "where the config follows the paper's protocol.",
-        "",
-    ]
     for spec_path, csv_path in zip(spec_paths, csv_paths):
         spec = load_spec(spec_path)
         table = read_table(csv_path)
         if len(table) != len(spec["rows"]):
             raise ReportError(f"table {csv_path} has {len(table)} rows, its spec {spec_path} {len(spec['rows'])}")
-        parts.append(markdown_table(spec, table, paper.get(spec["name"])))
+        yield spec, table, paper.get(spec["name"]), csv_path
+
+
+def write_markdown(spec_paths: list, csv_paths: list, paper_path: str | Path | None, out: str | Path,
+                   html_out: str | Path | None = None) -> str:
+    """Every table, ours beside the paper's, as Markdown in ``out`` (and as HTML in ``html_out``)."""
+    from html import escape
+
+    from mgd.io import write_text_atomic
+
+    parts, sections = [f"# {TABLES_TITLE}", "", TABLES_INTRO, ""], []
+    for spec, table, paper, csv_path in comparison_tables(spec_paths, csv_paths, paper_path):
+        sources = Path(csv_path).with_suffix(".sources.csv")
         baseline = majority_baseline_line(spec)
+        parts.append(markdown_table(spec, table, paper))
+        sections.append(html_table(spec, table, paper))
         if baseline:
             parts.append(baseline + "\n")
-        parts.append(f"Sources: `{Path(csv_path).with_suffix('.sources.csv')}`.\n")
+            sections.append(f"<p>{escape(baseline)}</p>\n")
+        parts.append(f"Sources: `{sources}`.\n")
+        sections.append(f"<p>Sources: <code>{escape(str(sources))}</code>.</p>\n")
     text = "\n".join(parts)
     write_text_atomic(out, text)
+    if html_out is not None:
+        write_text_atomic(html_out, (
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{escape(TABLES_TITLE)}</title>'
+            f"<style>{HTML_STYLE}</style></head>\n<body>\n<h1>{escape(TABLES_TITLE)}</h1>\n"
+            f"<p>{escape(TABLES_INTRO)}</p>\n" + "".join(sections) + "</body></html>\n"))
     return text
 
 
@@ -382,7 +429,8 @@ def plot_qualitative(dataset_config: str | Path, models: list[tuple[str, str]], 
 
     from mgd.data import build_dataset, read_dataset_config
     from mgd.data.transforms import eval_transform
-    from mgd.inference import infer_logits, resolve_device
+    from mgd.device import resolve_device
+    from mgd.inference import infer_logits
     from mgd.models import load_model
 
     dataset = build_dataset(read_dataset_config(dataset_config), "val")
@@ -435,6 +483,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     markdown.add_argument("--csv", nargs="+", required=True, type=Path, help="their tables, same order")
     markdown.add_argument("--paper", type=Path, help="YAML of the paper's tables (workflow/paper_tables.yaml)")
     markdown.add_argument("--out", required=True, type=Path)
+    markdown.add_argument("--html", type=Path, help="also write the tables as one HTML page (the Snakemake report shows it)")
 
     tradeoff = actions.add_parser("tradeoff", help="Figure 1: mIoU vs backbone GMACs")
     tradeoff.add_argument("--spec", required=True, type=Path)
@@ -488,14 +537,15 @@ def command_inputs(args: argparse.Namespace) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     from mgd.io import refuse_overwriting_inputs
 
-    refuse_overwriting_inputs({"--out": args.out, "--sources": getattr(args, "sources", None)}, command_inputs(args))
+    refuse_overwriting_inputs({"--out": args.out, "--sources": getattr(args, "sources", None),
+                               "--html": getattr(args, "html", None)}, command_inputs(args))
     if args.action == "table":
         table = write_table(args.spec, args.out, args.sources)
         print(table.to_string(index=False))
         print(f"wrote {args.out}" + (f" and {args.sources}" if args.sources else ""))
     elif args.action == "markdown":
-        write_markdown(args.spec, args.csv, args.paper, args.out)
-        print(f"wrote {args.out}")
+        write_markdown(args.spec, args.csv, args.paper, args.out, args.html)
+        print(f"wrote {args.out}" + (f" and {args.html}" if args.html else ""))
     elif args.action in ("tradeoff", "partitions"):
         spec = load_spec(args.spec)
         table = read_table(args.csv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -17,15 +18,26 @@ import pytest
 import torch
 import yaml
 
-from mgd.cache import PROGRESS_NAME, TeacherCache, check_cache, write_cache
+from mgd.cache import check_cache, measured_bytes, projected_bytes, synthetic_label_map, write_cache
 from mgd.cli import main as cli_main
 from mgd.data import build_dataset
 from mgd.errors import ConfigError, StaleCacheError
 from mgd.models import build_model, save_model
+from mgd.models.deeplab import SegmentationOutput
 from mgd.splits import make_ratio_splits, write_split
 from mgd.train.config import validate_config
 from mgd.train.loop import Trainer
+from mgd.train.data import ViewKeys
 from mgd.train.objectives import distill
+from mgd.train.teacher_cache import (
+    MANIFEST_NAME,
+    PROGRESS_NAME,
+    CacheLayout,
+    CacheStore,
+    TeacherCache,
+    ViewTargets,
+    storage_form,
+)
 
 VIEWS = 2
 # Two grids, so that the region loss (7 x 7) reads the second block of the concatenated cells.
@@ -75,7 +87,8 @@ def test_replayed_views_reproduce_the_online_teacher(setup):
     for name in ("TD", "TW"):
         replay = report["replay"][name]
         assert replay["argmax_agreement"]["worst"] == 1.0
-        assert replay["image_vector_rel_error"]["worst"] < 2e-3  # fp16 rounding of the pooled logits
+        # uint8 quantisation of the pooled logits and features (step = range / 255)
+        assert replay["image_vector_rel_error"]["worst"] < 2e-3
         assert replay["self_similarity_rel_error"]["worst"] < 2e-3
         mixed = report["mixed"][name]
         assert 0 <= mixed["image_vector_rel_error"]["mean"] and 0 < mixed["pixel_agreement"]["mean"] <= 1
@@ -131,13 +144,15 @@ def test_stale_cache_is_refused(setup, tmp_path):
         with pytest.raises(StaleCacheError, match=f"stale cache.*data.{key}"):
             Trainer(cfg)
 
-    # a cache whose crops are not the ones replayed (images or augmentation code changed)
+    # a cache whose crops are not the ones replayed (images or augmentation code changed), its
+    # hashes recorded as mgd cache would have
     tampered = tmp_path / "tampered"
     shutil.copytree(setup["cfg"]["method"]["teacher_cache"], tampered)
     for thumbnail in tampered.glob("*/thumbnail.npy"):
         array = np.load(thumbnail, mmap_mode="r+")
         array += 1.0
         array.flush()
+    rerecord_hashes(tampered)
     with pytest.raises(StaleCacheError, match="not the crop the cache was made on"):
         Trainer(variant(setup, "tampered", teacher_source="cache", teacher_cache=str(tampered))).run()
 
@@ -176,18 +191,134 @@ def test_killed_caching_job_resumes_where_it_stopped(setup, tmp_path):
     write_cache(reference_cfg, views=4, layout_options={"feature_grids": FEATURE_GRIDS}, batch_size=1)
     resumed, reference = TeacherCache.open(tmp_path / "killed"), TeacherCache.open(tmp_path / "reference")
     assert resumed.manifest["teachers"].keys() == reference.manifest["teachers"].keys()
-    for entry in reference.manifest["teachers"].values():
-        for field in entry["fields"]:
-            np.testing.assert_array_equal(np.load(tmp_path / "killed" / entry["store"] / f"{field}.npy"),
-                                          np.load(tmp_path / "reference" / entry["store"] / f"{field}.npy"))
+    for weights, entry in reference.manifest["teachers"].items():
+        assert resumed.manifest["teachers"][weights]["files"] == entry["files"]  # same bytes, same hashes
+        assert {"argmax.bin", "argmax.offsets.npy", "feature.npy"} <= set(entry["files"])
 
 
 def test_report_projects_the_paper_settings(capsys):
     assert cli_main(["cache", "--report", "--json", "--views", "4", "--feature-grids", "3", "5", "7", "9", "11"]) == 0
     rows = {row["setting"]: row for row in json.loads(capsys.readouterr().out)["rows"]}
     voc = rows["VOC-aug"]
-    per_teacher = 512 * 512 + 21 * 32 * 32 * 2 + 256 * (9 + 25 + 49 + 81 + 121) * 2 + 3 * 4 * 4 * 4
-    assert voc["bytes_per_view"] == 2 * per_teacher
-    assert voc["total_bytes"] == 2 * per_teacher * 10582 * 4
-    assert voc["bytes_per_view_dense"] == 2 * (per_teacher + 21 * 128 * 128 * 2)
-    assert rows["Cityscapes"]["bytes_per_teacher_view"]["argmax"] == 800 * 800
+    cells = 9 + 25 + 49 + 81 + 121
+    fixed = 21 * 16 * 16 + 2 * 21 * 4 + 256 * cells + 2 * cells * 4 + 3 * 4 * 4 * 4
+    argmax = voc["bytes_per_teacher_view"]["argmax"]
+    assert 0 < argmax < 512 * 512 // 8
+    assert voc["bytes_per_view"] == 2 * (fixed + argmax)
+    assert voc["total_bytes"] == 2 * (fixed + argmax) * 10582 * 4
+    assert voc["bytes_per_view_dense"] == 2 * (fixed + argmax + 21 * 128 * 128 * 2)
+
+
+def test_report_measures_a_cache(setup, capsys):
+    config = setup["root"] / "report.yaml"
+    config.write_text(yaml.safe_dump(setup["cfg"]))
+    assert cli_main(["cache", "--config", str(config), "--report", "--json"]) == 0
+    this_cache = json.loads(capsys.readouterr().out)["rows"][0]
+    assert this_cache["setting"] == "this cache" and this_cache["decode_seconds_per_view"] > 0
+    measured = measured_bytes(TeacherCache.open(setup["cfg"]["method"]["teacher_cache"]))
+    assert this_cache["bytes_per_teacher_view"]["argmax"] == pytest.approx(measured["argmax"])
+    assert measured["feature"] == 256 * (9 + 49)
+
+
+def rerecord_hashes(root: Path) -> None:
+    """Record a changed cache's file hashes as mgd cache would have."""
+    cache = TeacherCache.open(root)
+    for entry in cache.manifest["teachers"].values():
+        store = CacheStore(root / entry["store"], cache.fields(entry["num_classes"]), cache.ids, cache.views.count)
+        entry["files"] = store.digests()
+    (root / MANIFEST_NAME).write_text(json.dumps(cache.manifest))
+
+
+def synthetic_outputs(crop: int, num_classes: int, seed: int) -> SegmentationOutput:
+    """Teacher-like outputs without a teacher: logits whose argmax is ``synthetic_label_map``,
+    a non-negative (post-ReLU) decoder feature."""
+    generator = torch.Generator().manual_seed(seed)
+    label_map = torch.from_numpy(synthetic_label_map(crop, num_classes, seed=seed)).long()
+    logits = torch.randn(1, num_classes, crop, crop, generator=generator)
+    logits += 10 * torch.nn.functional.one_hot(label_map, num_classes).permute(2, 0, 1)[None]
+    feature = torch.relu(torch.randn(1, 256, crop // 4, crop // 4, generator=generator))
+    return SegmentationOutput(logits, feature)
+
+
+def test_compact_view_at_512_with_21_classes_fits_64_kb(tmp_path):
+    layout, crop, classes = CacheLayout(), 512, 21
+    images = torch.randn(1, 3, crop, crop)
+    store = CacheStore(tmp_path / "store", layout.fields(crop, classes), ["a", "b"], views=1)
+    store.open_for_writing()
+    for position, seed in enumerate((0, 1)):  # one view of each of two teachers' worth of outputs
+        store.write(position, storage_form(synthetic_outputs(crop, classes, seed), None, images, layout,
+                                           ("argmax", "logits", "feature")), "synthetic")
+    store.commit(2)
+    per_view = {name: store.stored_bytes(name) for name in store.fields}
+    both_teachers = 2 * sum(per_view.values())
+    assert both_teachers <= 64_000, per_view
+    assert per_view["argmax"] < 512 * 512 / 20  # the class map deflates by more than 20x
+    projected = projected_bytes(layout, crop, classes)
+    assert 2 * sum(projected.values()) <= 64_000, projected
+
+
+def test_round_trip_is_exact_for_labels_and_within_half_a_step_for_maps(tmp_path):
+    layout, crop, classes = CacheLayout(feature_grids=(3, 7), dense_logits=True), 64, 21
+    fields = ("argmax", "logits", "feature", "dense_logits")
+    outputs = [synthetic_outputs(crop, classes, seed) for seed in range(3)]
+    images = torch.randn(3, 3, crop, crop)
+    classifier = torch.nn.Conv2d(256, classes, 1)
+    output = SegmentationOutput(torch.cat([o.logits for o in outputs]), torch.cat([o.feature for o in outputs]))
+    written = storage_form(output, classifier, images, layout, fields)
+    ids = ["a", "b", "c"]
+    store = CacheStore(tmp_path / "store", layout.fields(crop, classes), ids, views=1)
+    store.open_for_writing()
+    store.write(0, written.split([2, 1])[0], "synthetic")
+    store.write(2, written.split([2, 1])[1], "synthetic")
+    store.commit(3)
+    store.close()
+    read = store.read(ViewKeys(ids=ids, views=[0, 0, 0]), images, fields)
+    for name, value in vars(written).items():
+        assert torch.equal(getattr(read, name), value), name  # storage form: bit-exact
+    decoded = read.for_losses(layout, 7)
+    assert torch.equal(decoded.argmax, output.logits.argmax(1))  # hard labels: lossless
+    pooled_logits = torch.nn.functional.adaptive_avg_pool2d(output.logits, crop // layout.logit_stride)
+    logit_step = written.logits_scale[:, 1][..., None, None]
+    assert ((decoded.logits - pooled_logits).abs() <= logit_step / 2 + 1e-6).all()
+    pooled_feature = torch.nn.functional.adaptive_avg_pool2d(output.feature, 7)
+    feature_step = written.feature_scale[:, 1, 9:].unflatten(1, (7, 7))[:, None]
+    assert ((decoded.feature - pooled_feature).abs() <= feature_step / 2 + 1e-6).all()
+    dense = classifier(output.feature).detach()
+    torch.testing.assert_close(decoded.dense_logits, dense, atol=2e-3 * dense.abs().max().item(), rtol=1e-3)
+
+
+def test_altered_or_truncated_cache_arrays_are_refused(setup, tmp_path):
+    altered = tmp_path / "altered"
+    shutil.copytree(setup["cfg"]["method"]["teacher_cache"], altered)
+    feature = next(altered.glob("*/feature.npy"))
+    data = bytearray(feature.read_bytes())
+    data[-1] ^= 1  # one bit of one pooled feature
+    feature.write_bytes(bytes(data))
+    with pytest.raises(StaleCacheError, match=rf"{feature}.*altered"):
+        Trainer(variant(setup, "altered", teacher_source="cache", teacher_cache=str(altered)))
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(setup["cfg"]["method"]["teacher_cache"], truncated)
+    records = next(truncated.glob("*/argmax.bin"))
+    records.write_bytes(records.read_bytes()[:-100])
+    config = tmp_path / "truncated.yaml"
+    config.write_text(yaml.safe_dump(variant(setup, "truncated", teacher_source="cache", teacher_cache=str(truncated))))
+    result = subprocess.run([sys.executable, "-m", "mgd.cli", "train", "--config", str(config)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1 and str(records) in message[0] and "truncated" in message[0], result.stderr
+
+
+def test_cache_refuses_to_write_into_its_inputs(setup, tmp_path):
+    data_root = setup["cfg"]["data"]["dataset"]["root"]
+    teacher = tmp_path / "teachers" / "TD.pt"
+    teacher.parent.mkdir()
+    shutil.copy(setup["cfg"]["method"]["teachers"][0]["model"], teacher)
+    for folder, named in ((data_root, data_root), (str(Path(data_root) / "cache"), data_root),
+                          (str(teacher.parent), str(teacher))):
+        cfg = variant(setup, "into_inputs", teacher_cache=folder)
+        cfg["method"]["teachers"][0]["model"] = str(teacher)
+        with pytest.raises(ConfigError, match=rf"method.teacher_cache: {re.escape(folder)} .*{re.escape(named)}"):
+            write_cache(cfg)
+    assert not (teacher.parent / MANIFEST_NAME).exists()

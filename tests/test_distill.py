@@ -170,3 +170,22 @@ def test_teacher_errors(setup, tmp_path):
         run(distill_config(setup, "err", {"name": "mgd", "region_level_teachers": [5]}))
     with pytest.raises(ConfigError, match="method.teachers"):
         run(distill_config(setup, "err", {"name": "kd", "teachers": []}))
+
+
+def test_teacher_class_names_must_be_the_datasets(setup, tmp_path):
+    from mgd.data.synthetic import CLASSES
+
+    # an imported checkpoint recording another class order: refused, naming the file and both lists
+    swapped = (CLASSES[1], CLASSES[0], *CLASSES[2:])
+    renamed = tmp_path / "swapped.pt"
+    save_model(renamed, build_model("resnet18d", num_classes=len(CLASSES)), classes=swapped)
+    cfg = distill_config(setup, "names", {"name": "kd"})
+    cfg["method"]["teachers"] = [{"name": "TD", "model": str(renamed)}]
+    with pytest.raises(ConfigError, match=rf"method.teachers\[0\]: teacher .*swapped.pt was trained on classes "
+                                          rf"\({', '.join(swapped)}\) but the dataset has \({', '.join(CLASSES)}\)"):
+        Trainer(validate_config(cfg))
+    # the same names, or a file recording none (class count only): accepted
+    for classes, name in ((CLASSES, "same.pt"), (None, "unnamed.pt")):
+        save_model(tmp_path / name, build_model("resnet18d", num_classes=len(CLASSES)), classes=classes)
+        cfg["method"]["teachers"] = [{"name": "TD", "model": str(tmp_path / name)}]
+        Trainer(validate_config(cfg))

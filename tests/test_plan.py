@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import shlex
 import subprocess
 import sys
 from functools import cache
@@ -224,3 +226,184 @@ def test_paper_backbone_names():
     assert {PAPER_BACKBONES[name] for name in ("mobilenetv2_100", "mobilenetv2_dilated")} == {"MobileNetV2"}
     paper = yaml.safe_load((REPO / "workflow" / "paper_tables.yaml").read_text())
     assert "ResNet-18" in json.dumps(paper) and "MobileNetV2" in json.dumps(paper)
+
+
+#: each paper config as it is run (config/paper.yaml is layered over the two dataset configs)
+PAPER_CONFIGS = {"voc": ["voc.yaml"], "cityscapes": ["cityscapes.yaml"],
+                 "paper": ["voc.yaml", "cityscapes.yaml", "paper.yaml"], "camvid": ["camvid.yaml"]}
+
+
+@pytest.mark.parametrize("files", PAPER_CONFIGS.values(), ids=PAPER_CONFIGS)
+def test_paper_configs_build_a_plan(files):
+    plan = build_plan(load_workflow_config([str(REPO / "config" / name) for name in files], ["data_root=/datasets"]))
+    assert plan.tables and plan.runs
+    for ds, dcfg in plan.config["datasets"].items():
+        assert plan.dataset_slice(ds)["root"].startswith("/datasets/")
+        for proto, protocol in dcfg["protocols"].items():
+            for lists in protocol.get("import", {}).values():  # the split lists ship in the repository
+                assert (REPO / lists["labeled"]).is_file() and (REPO / lists["unlabeled"]).is_file()
+
+
+# -- shell safety -----------------------------------------------------------------------------
+@pytest.mark.parametrize("key, value", [
+    (("results",), "/tmp/$(touch /tmp/pwned)"), (("results",), "out`id`"), (("results",), "a;b"),
+    (("results",), "res\n"), (("results",), "-rf"), (("results",), "~/results"), (("results",), "res/{ds}"),
+    (("data_root",), "/data|x"), (("datasets", "synA", "dataset", "root"), "a&b"),
+    (("datasets", "synA", "dataset", "val_list"), "v'al.txt"),
+])
+def test_paths_must_be_plain(key, value):
+    cfg = config()
+    if key[-2:] in (("dataset", "root"), ("dataset", "val_list")):
+        cfg["datasets"]["synA"] = {**cfg["datasets"]["synA"], "dataset": {"name": "camvid", "root": "CamVid"}}
+        del cfg["datasets"]["synA"]["synth"]
+    target = cfg
+    for part in key[:-1]:
+        target = target[part]
+    target[key[-1]] = value
+    with pytest.raises(ConfigError, match=rf"config key {re.escape('.'.join(key))}: .* is not a plain path"):
+        build_plan(cfg)
+
+
+def test_shell_commands_quote_every_value():
+    results = "/tmp/x y/rés,ults"
+    plan = build_plan(config(results=results, evaluate_in_training_job=True, teacher_source="cache"))
+    run = plan.run("synA", "ratio", "1-4", "mgd_resnet18d")
+    words = shlex.split(plan.train_commands(*run.key))
+    folder = plan.paths.run_dir(*run.key)
+    assert folder.startswith(results)
+    assert words[:3] == ["train", "--config", f"{folder}/config.yaml"]
+    assert words[words.index("--out") + 1] == f"{folder}/metrics.json"
+    split = shlex.split(plan.split_command("synA", "ratio", "1-4"))
+    assert split[split.index("--out") + 1] == f"{results}/synA/splits/ratio"
+    assert shlex.split(plan.cache_options("synA", "ratio", "1-4"))[-4:] == ["--feature-grids", "3", "7", "--dense-logits"]
+    models = shlex.split(plan.figure_model_options())
+    assert models[0] == "--model" and models[1] == f"Sup={plan.figures['models']['Sup']}"
+
+
+def test_training_and_splits_depend_on_the_data_checks():
+    plan = build_plan(config())
+    checks = [f"results/smoke/synA/checks/{split}.json" for split in ("train", "val")]
+    assert plan.run_inputs("synA", "ratio", "1-4", "teacher_TD")["checks"] == checks
+    assert checks[0] in plan.split_inputs("synA", "ratio", "1-4")
+
+
+# -- teachers imported from official checkpoints ------------------------------------------------
+def imported_config(checkpoints: dict | None = None, **teacher) -> dict:
+    """The smoke config with synA's T_D imported at 1/4 (an importable backbone)."""
+    cfg = config()
+    cfg["datasets"]["synA"]["teachers"]["TD"] = {**cfg["datasets"]["synA"]["teachers"]["TD"], "backbone": "resnet18_v1c",
+                                                 "checkpoints": checkpoints or {"1/4": "ckpt/teacher td.pth"}, **teacher}
+    return cfg
+
+
+def test_imported_teacher_is_not_trained_and_feeds_its_students(capsys):
+    plan = build_plan(imported_config(checkpoint_branch="branch2"))
+    key = ("synA", "ratio", "1-4", "teacher_TD")
+    teacher = plan.run(*key)
+    assert (teacher.imported, teacher.source, teacher.branch, teacher.train_config) == (True, "ckpt/teacher td.pth", "branch2", {})
+    assert list(plan.imported_runs()) == ["synA/runs/ratio/1-4/teacher_TD"]  # only copy 0 at that partition
+    for other in (("synA", "ratio", "1-4", "teacher_TD_seed1"), ("synA", "few", "4", "teacher_TD"),
+                  ("synB", "ratio", "1-4", "teacher_TD"), ("synA", "ratio", "1-4", "teacher_TW")):
+        assert not plan.run(*other).imported and plan.run(*other).train_config["optim"]["iterations"] == 2
+    model = plan.paths.model(*key)
+    student = plan.run("synA", "ratio", "1-4", "mgd_resnet18d")
+    assert model in plan.run_inputs(*student.key)["teachers"]  # the path a trained teacher has
+    assert student.train_config["method"]["teachers"][0] == {"name": "TD", "model": model}
+    assert plan.import_inputs(*key) == {"checkpoint": "ckpt/teacher td.pth", "dataset": plan.dataset_inputs("synA")}
+    words = shlex.split(plan.import_commands(*key))
+    assert words[:9] == ["import-weights", "ckpt/teacher td.pth", model, "--branch", "branch2", "--backbone",
+                         "resnet18_v1c", "--dataset-config", plan.paths.dataset_yaml("synA")]
+    assert words[9:11] == ["--", "evaluate"] and words[-2:] == ["--out", plan.paths.metrics(*key)]
+    separate = build_plan({**imported_config(), "evaluate_in_training_job": False})
+    assert "--" not in shlex.split(separate.import_commands(*key))  # the evaluate rule scores it
+    with pytest.raises(ConfigError, match="is trained, not imported"):
+        plan.import_commands("synA", "ratio", "1-4", "teacher_TW")
+    cached = build_plan({**imported_config(), "teacher_source": "cache"})
+    assert "teacher_TD" in {ref.run for ref in cached.cache_layout("synA", "ratio", "1-4").teachers}
+
+    configfile = REPO / "config" / "smoke.yaml"
+    overrides = ["datasets={synA: {teachers: {TD: {backbone: resnet18_v1c, checkpoints: {'1/4': ckpt/td.pth}}}}}"]
+    assert mgd_main(["plan", "--configfile", str(configfile), "--config", *overrides, "--json"]) == 0
+    runs = {(run["dataset"], run["protocol"], run["id"]): run for run in json.loads(capsys.readouterr().out)["runs"]}
+    imported = runs[("synA", "ratio", "teacher_TD")]
+    assert (imported["source"], imported["branch"], imported["train_config"]) == ("ckpt/td.pth", "branch1", None)
+    assert runs[("synA", "few", "teacher_TD")]["source"] is None
+    assert mgd_main(["plan", "--configfile", str(configfile), "--config", *overrides]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line.split() for line in lines if line.startswith("synA/ratio/1-4/teacher_TD "))
+    assert row[1:] == ["import", "resnet18_v1c", "1/4", "-", "-", "-", "-", "-"]
+    assert lines[-1].startswith("61 runs (10 teachers, 1 imported, 51 students)")
+
+
+def test_bad_checkpoints_name_the_key():
+    key = "config key datasets.synA.teachers.TD.checkpoints: "
+    with pytest.raises(ConfigError, match=key + r"'1/3' is not a partition of any protocol \(\['1/4', '4'\]\)"):
+        build_plan(imported_config({"1/3": "td.pth"}))
+    with pytest.raises(ConfigError, match=key + "backbone 'resnet18d' cannot be imported"):
+        build_plan(imported_config(backbone="resnet18d"))
+    twice = imported_config()
+    twice["datasets"]["synA"]["protocols"]["other"] = {"ratios": ["1/4"], "seed": 1}
+    with pytest.raises(ConfigError, match=key + "partition '1/4' is in protocols ratio, other"):
+        build_plan(twice)
+    with pytest.raises(ConfigError, match="config key datasets.synA.teachers.TD.checkpoint_branch"):
+        build_plan(imported_config(checkpoint_branch="branch4"))
+
+
+@pytest.mark.parametrize("path", ["td.pth; rm -rf ~", "$(touch /tmp/pwned).pth", "-td.pth", "td{ds}.pth", "td\n.pth"])
+def test_checkpoint_paths_must_be_plain(path):
+    with pytest.raises(ConfigError, match=r"config key datasets.synA.teachers.TD.checkpoints.* is not a plain path"):
+        build_plan(imported_config({"1/4": path}))
+
+
+def test_importable_backbones_are_the_import_commands():
+    from mgd.models import PAPER_BACKBONES as IMPORT_CHOICES  # torch: imported here only
+    from mgd.plan.checks import IMPORTABLE_BACKBONES
+
+    assert set(IMPORTABLE_BACKBONES) == set(IMPORT_CHOICES)
+
+
+# -- config/README.md documents every key ----------------------------------------------------------
+#: placeholder of each map whose keys the user names
+MAP_NAMES = {"datasets": "<dataset>", "protocols": "<protocol>", "students": "<backbone>", "import": "<partition>"}
+
+
+def schema_keys(schema: dict) -> list[tuple[str, str]]:
+    """(parent, key) of every key of the workflow schema, parents as `datasets.<dataset>.train`
+    (local $refs followed; the train schema's method parameters are documented there)."""
+
+    def resolve(node: dict) -> dict:
+        while node.get("$ref", "").startswith("#/$defs/"):
+            node = {**schema["$defs"][node["$ref"].removeprefix("#/$defs/")],
+                    **{key: value for key, value in node.items() if key != "$ref"}}
+        return node
+
+    def walk(node: dict, parent: str):
+        node = resolve(node)
+        for key, sub in node.get("properties", {}).items():
+            yield parent, key
+            yield from walk(sub, f"{parent}.{key}" if parent else key)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict) and "properties" in resolve(extra):
+            yield from walk(extra, f"{parent}.{MAP_NAMES[parent.rsplit('.', 1)[-1]]}")
+
+    return list(walk(schema, ""))
+
+
+def readme_sections(text: str) -> dict[str, str]:
+    """`### heading` -> the text up to the next heading."""
+    parts = re.split(r"^### (.+)$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_config_readme_documents_every_schema_key():
+    schema = yaml.safe_load((REPO / "mgd" / "schemas" / "workflow.schema.yaml").read_text())
+    sections = readme_sections((REPO / "config" / "README.md").read_text())
+    keys = schema_keys(schema)
+    assert ("datasets.<dataset>.teachers.TW", "pretrained") in keys and ("cache", "temp") in keys
+    missing = []
+    for parent, key in keys:
+        heading = f"`{parent or '(top level)'}`"
+        body = next((body for title, body in sections.items() if heading in title), "")
+        if f"| `{key}` |" not in body:
+            missing.append(f"{parent or '(top level)'}: {key}")
+    assert not missing, f"config/README.md does not document: {missing}"

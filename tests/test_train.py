@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -133,7 +132,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tiny_split, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "killed" / "model.pt").exists(), "the run finished before it could be killed"
-    killed_at = torch.load(checkpoint, weights_only=False)["iteration"]
+    killed_at = torch.load(checkpoint, weights_only=True)["iteration"]
     assert 0 < killed_at < 24
 
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -143,38 +142,6 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tiny_split, tmp_path):
         assert torch.equal(reference[key], resumed[key]), key
     log_iterations = loss_curve(tmp_path / "killed")
     assert len(log_iterations) == 24
-
-
-@pytest.mark.slow
-def test_two_processes_gloo_match_single_process_step(tiny_split, tmp_path):
-    """torchrun with 2 CPU processes: the global batch is split, gradients are averaged, so one
-    step moves the weights like the single-process run does (not twice as far)."""
-    split_dir, root = tiny_split
-    cfg = base_config(split_dir, root, tmp_path / "single", "sup")
-    cfg["data"]["batch_labeled"] = 4
-    cfg["optim"].update(iterations=1, lr=0.05)
-    cfg["runtime"]["device"] = "cpu"
-    train(copy.deepcopy(cfg))
-    cfg["output_dir"] = str(tmp_path / "double")
-    config_path = tmp_path / "double.yaml"
-    config_path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "mgd.cli", "train", "--config", str(config_path)],
-        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    summary = json.loads((tmp_path / "double" / "train.json").read_text())
-    assert summary["world_size"] == 2
-
-    initial = Trainer(validate_config({**cfg, "output_dir": str(tmp_path / "init")})).objective.trainable["student"].state_dict()
-    single = _state(tmp_path / "single" / "model.pt")
-    double = _state(tmp_path / "double" / "model.pt")
-    key = [name for name, value in initial.items() if value.ndim == 4][-1]  # the classifier
-    start = initial[key]
-    step_single = (single[key] - start).norm()
-    step_double = (double[key] - start).norm()
-    assert 0.7 < float(step_double / step_single) < 1.4
 
 
 def test_config_errors_name_the_key(tiny_split, tmp_path):

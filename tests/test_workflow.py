@@ -5,6 +5,8 @@ milliseconds)."""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
 import shutil
@@ -16,7 +18,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SPLITS = REPO.parent / "shared" / "splits"
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
 
 
@@ -66,6 +67,7 @@ def test_smoke_dry_run_trains_each_shared_run_once(tmp_path):
     assert counts["table"] == 7
     for rule in ("tables_md", "fig1_tradeoff", "fig3_partitions", "fig4_qualitative", "synth"):
         assert counts[rule] >= 1
+    assert counts["check_data"] == 2 * 2  # each dataset's train and val split, once
     assert "evaluate" not in counts  # evaluate_in_training_job: the training job evaluates
 
 
@@ -84,12 +86,32 @@ def test_separate_evaluation_and_teacher_cache_dry_run(tmp_path):
     assert counts["cache_teachers"] == 3  # one cache per dataset x partition
 
 
+def fresh_copy(tmp_path: Path) -> Path:
+    """The repository's tracked files (as in a fresh clone, with this checkout's edits) under tmp_path."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: cannot list the tracked files")
+    copy = tmp_path / "clone"
+    for name in filter(None, listed.stdout.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)
+    return copy
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not (SPLITS / "voc").is_dir(), reason="public split lists not found")
-@pytest.mark.parametrize("configfile", ["config/voc.yaml", "config/cityscapes.yaml", "config/camvid.yaml"])
-def test_paper_and_camvid_configs_dry_run(configfile, tmp_path):
-    counts = dry_run("--configfile", configfile, results=tmp_path)
-    assert counts["train_student"] > 0 and counts["table"] >= 1
+@pytest.mark.parametrize("configfiles", [["config/voc.yaml"], ["config/cityscapes.yaml"], ["config/camvid.yaml"],
+                                         ["config/voc.yaml", "config/cityscapes.yaml", "config/paper.yaml"]],
+                         ids=["voc", "cityscapes", "camvid", "paper"])
+def test_paper_configs_dry_run_in_a_fresh_clone(configfiles, tmp_path):
+    clone, data_root = fresh_copy(tmp_path), tmp_path / "datasets"
+    data_root.mkdir()
+    result = snakemake("-n", "--configfile", *configfiles, "--config", f"data_root={data_root}",
+                       f"results={tmp_path / 'results'}", cwd=clone)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert counts["train_student"] > 0 and counts["table"] >= 1 and counts["check_data"] >= 2
 
 
 def write_config(tmp_path: Path, edit) -> Path:
@@ -184,3 +206,134 @@ def test_job_gives_each_job_its_own_gpu_slot(tmp_path):
     result = subprocess.run([sys.executable, "-c", script, "1", "0"], capture_output=True, text=True,
                             env={**env_clean, **env, "CUDA_VISIBLE_DEVICES": "3"}, timeout=60)
     assert result.stdout.strip() == "3"
+
+
+# -- shell safety and the report, end to end ----------------------------------------------------
+#: the smallest config with every kind of job: synth, check_data, split, two teachers, one student
+#: (trained and evaluated), complexity, Table 1, tables.md/html and the three figures
+TINY = {
+    "student_methods": ["sup"], "student_backbones": ["resnet18d"], "evaluate_in_training_job": True,
+    "runtime": {"checkpoint_every": 1, "log_every": 1},
+    "datasets": {"synA": {
+        "label": "Synthetic-A", "synth": {"num_train": 12, "num_val": 2, "size": 32, "seed": 0},
+        "protocols": {"ratio": {"ratios": ["1/4"], "seed": 0}},
+        "train": {"crop_size": 32, "scales": [1.0], "batch_labeled": 2, "batch_unlabeled": 2, "num_workers": 0},
+        "teachers": {role: {"backbone": "resnet18d", "lr": 0.01, "iterations": 1} for role in ("TD", "TW")},
+        "students": {"resnet18d": {"lr": 0.01, "iterations": 1}},
+    }},
+    "tables": {"table1": {"dataset": "synA", "protocol": "ratio"}, "figures": {"num_images": 1}},
+}
+FIGURES = ["fig1_tradeoff", "fig3_partitions", "fig4_qualitative"]
+
+
+@pytest.mark.slow
+def test_results_path_with_a_space_runs_end_to_end_and_reports(tmp_path):
+    configfile, results = tmp_path / "tiny.yaml", tmp_path / "my results" / "run 1"
+    configfile.write_text(yaml.safe_dump(TINY))
+    args = ("--configfile", str(configfile), "--config", f"results={results}")
+    run = subprocess.run(["snakemake", "--cores", "2", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for name in ("table1.csv", "tables.md", "tables.html", *(f"{figure}.png" for figure in FIGURES)):
+        assert (results / name).stat().st_size > 0
+    assert json.loads((results / "synA" / "checks" / "train.json").read_text())["samples"] == 12
+    teacher = results / "synA" / "runs" / "ratio" / "1-4" / "teacher_TD" / "model.pt"
+    assert not teacher.stat().st_mode & 0o222  # protected(): read-only
+    assert (results / "benchmarks" / "train" / "synA" / "ratio" / "1-4" / "teacher_TD.tsv").is_file()
+    for report in ("report.html", "report.zip"):
+        built = snakemake(*args, "--report", str(results / report))
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+        check = subprocess.run([sys.executable, str(REPO / ".ci" / "check_report.py"), str(results / report),
+                                "--tables", "table1", "--figures", *FIGURES], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    # the checker fails on a table the report lacks
+    check = subprocess.run([sys.executable, str(REPO / ".ci" / "check_report.py"), str(results / "report.zip"),
+                            "--tables", "table2"], capture_output=True, text=True)
+    assert check.returncode == 1 and "table2.csv" in check.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["results", "data_root"])
+def test_shell_code_in_a_path_never_runs(tmp_path, key):
+    marker = tmp_path / f"pwned-{os.getpid()}"
+    result = snakemake("-n", "--configfile", "config/smoke.yaml", "--config", f"{key}=/tmp/$(touch {marker})x",
+                       *([f"results={tmp_path / 'out'}"] if key != "results" else []))
+    assert result.returncode != 0
+    assert f"config key {key}:" in result.stdout + result.stderr and "is not a plain path" in result.stdout + result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_teacher_cache_is_a_declared_temp_output(tmp_path):
+    config = {**TINY, "student_methods": ["sup", "mgd"], "teacher_source": "cache",
+              "cache": {"views": 1, "batch_size": 4, "temp": True}}
+    configfile, results = tmp_path / "cache.yaml", tmp_path / "results"
+    configfile.write_text(yaml.safe_dump(config))
+    run = subprocess.run(["snakemake", "--cores", "2", "--configfile", str(configfile), "--config", f"results={results}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    partition = results / "synA" / "runs" / "ratio" / "1-4"
+    train_config = yaml.safe_load((partition / "mgd_resnet18d" / "config.yaml").read_text())
+    assert train_config["method"]["teacher_source"] == "cache"
+    assert (partition / "mgd_resnet18d" / "metrics.json").is_file()
+    # the MGD student read the finished cache, which temp() then removed; no partial folder is left
+    assert "Removing temporary output" in run.stdout + run.stderr
+    assert not Path(train_config["method"]["teacher_cache"]).exists()
+    assert [path.name for path in (partition / "teacher_cache").iterdir()] == ["k1_g7.yaml"]
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_stops_the_workflow_before_any_training(tmp_path):
+    configfile, results = tmp_path / "tiny.yaml", tmp_path / "results"
+    configfile.write_text(yaml.safe_dump(TINY))
+    args = ("--configfile", str(configfile), "--config", f"results={results}")
+    made = snakemake(str(results / "synA" / "dataset.yaml"), str(results / "synA" / "data" / "dataset.json"), *args)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    corrupt = results / "synA" / "data" / "images" / "train_00003.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:40])  # truncated
+    run = subprocess.run(["snakemake", "--cores", "2", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode != 0
+    log = (results / "logs" / "checks" / "synA" / "train.log").read_text()
+    assert "train_00003.png" in log
+    assert not (results / "synA" / "checks" / "train.json").exists()
+    assert not list(results.glob("synA/runs/*/*/*/model.pt")) and not (results / "logs" / "train").exists()
+
+
+@pytest.mark.slow
+def test_teacher_from_an_official_checkpoint_is_imported_not_trained(tmp_path):
+    import torch
+    from official_layout import official_network_state
+
+    from mgd.data.synthetic import CLASSES
+    from mgd.models import load_model
+
+    checkpoint = tmp_path / "official ckpt" / "teacher-syn4-resnet18.pth"
+    checkpoint.parent.mkdir()
+    torch.save({"model": {f"{branch}.{key}": value for seed, branch in enumerate(("branch1", "branch2"))
+                          for key, value in official_network_state("resnet18_v1c", len(CLASSES), seed).items()}},
+               checkpoint)
+    config = copy.deepcopy(TINY)
+    config["student_methods"] = ["kd"]
+    config["datasets"]["synA"]["teachers"]["TD"].update(backbone="resnet18_v1c", checkpoints={"1/4": str(checkpoint)})
+    configfile, results = tmp_path / "imported.yaml", tmp_path / "results"
+    configfile.write_text(yaml.safe_dump(config))
+    partition = results / "synA" / "runs" / "ratio" / "1-4"
+    targets = [str(partition / "kd_resnet18d" / "metrics.json"), str(partition / "teacher_TD" / "metrics.json")]
+    run = subprocess.run(["snakemake", "--cores", "2", *targets, "--configfile", str(configfile),
+                          "--config", f"results={results}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    counts = job_counts(run.stdout + run.stderr)
+    assert (counts["import_teacher"], counts["train_teacher"], counts["train_student"]) == (1, 1, 1)
+    # T_D came from branch1 of the checkpoint, with the dataset's class names; only T_W was trained
+    teacher = partition / "teacher_TD"
+    assert load_model(teacher / "model.pt").class_names == CLASSES
+    assert not (teacher / "model.pt").stat().st_mode & 0o222  # protected like a trained teacher
+    assert json.loads((teacher / "metrics.json").read_text())["classes"] == list(CLASSES)
+    assert not (teacher / "train.json").exists() and not (teacher / "config.yaml").exists()
+    assert not (results / "logs" / "train" / "synA" / "ratio" / "1-4" / "teacher_TD.log").exists()
+    assert (results / "logs" / "train" / "synA" / "ratio" / "1-4" / "teacher_TW.log").is_file()
+    assert "branch1" in (results / "logs" / "import" / "synA" / "runs" / "ratio" / "1-4" / "teacher_TD.log").read_text()
+    student = yaml.safe_load((partition / "kd_resnet18d" / "config.yaml").read_text())
+    assert student["method"]["teachers"][0] == {"name": "TD", "model": str(teacher / "model.pt")}

@@ -1,10 +1,19 @@
 """Segmentation models: DeepLabv3+ on timm backbones, with model files that rebuild themselves."""
 
-from mgd.models.backbones import BACKBONES, WeightsReport, create_backbone, load_backbone_weights
-from mgd.models.deeplab import DeepLabV3Plus, SegmentationOutput, build_model, load_model, save_model
+from mgd.models.backbones import (
+    BACKBONES,
+    PAPER_BACKBONES,
+    WeightsReport,
+    create_backbone,
+    load_backbone_weights,
+    timm_pretrained_tag,
+)
+from mgd.models.deeplab import DeepLabV3Plus, SegmentationOutput, build_model
+from mgd.models.model_file import load_model, save_model, weights_sha256
 
 __all__ = [
     "BACKBONES",
+    "PAPER_BACKBONES",
     "DeepLabV3Plus",
     "SegmentationOutput",
     "WeightsReport",
@@ -13,4 +22,6 @@ __all__ = [
     "load_backbone_weights",
     "load_model",
     "save_model",
+    "timm_pretrained_tag",
+    "weights_sha256",
 ]

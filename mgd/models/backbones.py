@@ -35,22 +35,59 @@ class BackboneSpec:
     timm_kwargs: dict = field(default_factory=dict)
     # None: the model's natural stride (timm builds it undilated, 32 for every known family)
     default_output_stride: int | None = None
-    has_timm_weights: bool = True
+    # timm pretrained tag loaded by ``pretrained: timm``, by name and shape (None: timm has none)
+    timm_weights: str | None = None
+    # the only output stride the network exists at (None: any of OUTPUT_STRIDES)
+    fixed_output_stride: int | None = None
+    # MobileNetV2: dilation of the depthwise conv of the n-th inverted-residual block, counted
+    # as torchvision's ``features`` index (features[1] is the first block)
+    block_dilations: dict = field(default_factory=dict)
+    # decoder: channels the stride-4 feature is projected to; ASPP rates (None: 6/12/18 at OS 16,
+    # scaled inversely with the output stride)
+    low_level_channels: int = 48
+    aspp_rates: tuple[int, ...] | None = None
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18d": BackboneSpec("resnet18d", default_output_stride=RESNET_OUTPUT_STRIDE),
-    # ResNet-101 v1c of the CPS code: deep stem 64-64-128, no average-pool downsampling.
-    "resnet101_v1c": BackboneSpec(
-        "resnet101",
-        {"stem_type": "deep", "stem_width": 64},
+    # The paper's four networks as the official code builds them (docs/models.md).
+    # Student ResNet-18: deep stem 32-32-64, no average-pool downsampling. The official code
+    # loads torchvision's resnet18 non-strictly: everything but the deep stem.
+    "resnet18_v1c": BackboneSpec(
+        "resnet18",
+        {"stem_type": "deep", "stem_width": 32},
         default_output_stride=RESNET_OUTPUT_STRIDE,
-        has_timm_weights=False,
+        timm_weights="resnet18.tv_in1k",
     ),
-    "wide_resnet50_2": BackboneSpec("wide_resnet50_2", default_output_stride=RESNET_OUTPUT_STRIDE),
-    # The paper keeps MobileNetV2's last stride: output stride 32.
-    "mobilenetv2_100": BackboneSpec("mobilenetv2_100", default_output_stride=32),
+    # Teacher T_D: ResNet-101 v1c of the CPS code (deep stem 64-64-128, no avg-down) = timm resnet101s.
+    "resnet101_v1c": BackboneSpec(
+        "resnet101s", default_output_stride=RESNET_OUTPUT_STRIDE, timm_weights="resnet101s.gluon_in1k"
+    ),
+    # Teacher T_W: the paper's "Wide ResNet-34" is Bottleneck [3,4,6,3] of width 128 = WRN-50-2.
+    "wide_resnet50_2": BackboneSpec(
+        "wide_resnet50_2",
+        default_output_stride=RESNET_OUTPUT_STRIDE,
+        timm_weights="wide_resnet50_2.racm_in1k",
+    ),
+    # Student MobileNetV2 1.0: output stride 32 with the depthwise convs of features[15:18]
+    # dilated 2/4/8, ASPP rates 6/12/18, the 24-channel stride-4 feature projected to 24.
+    "mobilenetv2_dilated": BackboneSpec(
+        "mobilenetv2_100",
+        default_output_stride=32,
+        timm_weights="mobilenetv2_100.ra_in1k",
+        fixed_output_stride=32,
+        block_dilations={15: 2, 16: 4, 17: 8},
+        low_level_channels=24,
+        aspp_rates=(6, 12, 18),
+    ),
+    # Earlier stand-ins, kept working: resnet18d adds avg-pool shortcuts; MobileNetV2 undilated.
+    "resnet18d": BackboneSpec(
+        "resnet18d", default_output_stride=RESNET_OUTPUT_STRIDE, timm_weights="resnet18d.ra2_in1k"
+    ),
+    "mobilenetv2_100": BackboneSpec(
+        "mobilenetv2_100", default_output_stride=32, timm_weights="mobilenetv2_100.ra_in1k"
+    ),
 }
+PAPER_BACKBONES = ("resnet101_v1c", "wide_resnet50_2", "resnet18_v1c", "mobilenetv2_dilated")
 
 
 def backbone_spec(name: str) -> BackboneSpec:
@@ -61,7 +98,21 @@ def backbone_spec(name: str) -> BackboneSpec:
         known = ", ".join(BACKBONES)
         raise ConfigError(f"backbone: unknown model {name!r} (use {known} or a timm model name)")
     default_stride = RESNET_OUTPUT_STRIDE if is_timm_resnet(name) else None
-    return BackboneSpec(name, default_output_stride=default_stride)
+    return BackboneSpec(name, default_output_stride=default_stride, timm_weights=name)
+
+
+def timm_pretrained_tag(name: str, tag: str | None = None) -> str:
+    """The timm pretrained tag ``pretrained: timm`` (or ``timm:TAG``) loads for backbone ``name``."""
+    spec = backbone_spec(name)
+    tag = tag or spec.timm_weights
+    if tag is None:
+        raise ConfigError(
+            f"pretrained: timm has no weights for {name}; pass a local state dict file instead"
+        )
+    available = timm.list_pretrained(tag if "." in tag else f"{tag}.*")
+    if not available:
+        raise ConfigError(f"pretrained: timm {timm.__version__} has no pretrained weights {tag!r}")
+    return tag if tag in available else available[0]
 
 
 def is_timm_resnet(timm_name: str) -> bool:
@@ -72,10 +123,11 @@ def create_backbone(
     name: str,
     output_stride: int | None = None,
     multi_grid: tuple[int, ...] | list[int] | None = None,
-    timm_pretrained: bool = False,
+    timm_pretrained: bool | str = False,
 ) -> tuple[nn.Module, int | None, tuple[int, ...] | None]:
     """Build the timm features_only model of ``name``.
 
+    ``timm_pretrained``: False, True (the backbone's timm tag) or a timm pretrained tag.
     Returns the model, the output stride it was built with (None: the model's natural stride)
     and the layer4 multi-grid (None for non-ResNets).
     """
@@ -86,24 +138,23 @@ def create_backbone(
         raise ConfigError(
             f"output_stride: {output_stride} for {name} (use one of {OUTPUT_STRIDES})"
         )
+    if spec.fixed_output_stride is not None and output_stride != spec.fixed_output_stride:
+        raise ConfigError(
+            f"output_stride: {name} is the official network at output stride "
+            f"{spec.fixed_output_stride}, not {output_stride}"
+        )
     resnet = is_timm_resnet(spec.timm_name)
     if multi_grid is not None and not resnet:
         raise ConfigError(f"multi_grid: only ResNet backbones have a multi-grid, not {name}")
-    if timm_pretrained and not spec.has_timm_weights:
-        raise ConfigError(
-            f"pretrained: timm has no weights for {name}; pass a local state dict file instead"
-        )
+    tag = None
+    if timm_pretrained:
+        tag = timm_pretrained_tag(name, None if timm_pretrained is True else timm_pretrained)
     kwargs = dict(spec.timm_kwargs)
-    if output_stride is not None:
+    # the natural stride is built undilated: passing it would only repeat timm's default
+    if output_stride is not None and output_stride != 32:
         kwargs["output_stride"] = output_stride
     try:
-        model = timm.create_model(
-            spec.timm_name, pretrained=timm_pretrained, features_only=True, **kwargs
-        )
-    except OSError as error:  # download failures: offline, no HF cache, hub errors
-        raise CheckpointError(
-            f"pretrained: cannot fetch timm weights for {name} ({error}); pass a local state dict file"
-        ) from error
+        model = timm.create_model(spec.timm_name, features_only=True, **kwargs)
     except (RuntimeError, TypeError, ValueError) as error:
         raise ConfigError(
             f"backbone: timm cannot build {name} as a feature extractor: {error}"
@@ -114,7 +165,22 @@ def create_backbone(
             multi_grid = tuple(2**i for i in range(len(model.layer4)))
         multi_grid = tuple(multi_grid)
         apply_multi_grid(model.layer4, rate=32 // stride, multi_grid=multi_grid, name=name)
+    if spec.block_dilations:
+        dilate_mobilenet_blocks(model, spec.block_dilations)
+    if tag is not None:
+        load_state_into_backbone(model, timm_pretrained_state(tag), f"timm weights {tag}")
     return model, output_stride, multi_grid
+
+
+def timm_pretrained_state(tag: str) -> dict[str, torch.Tensor]:
+    """The state dict of timm's pretrained ``tag`` (downloaded or from the Hugging Face cache)."""
+    try:
+        model = timm.create_model(tag, pretrained=True)
+    except OSError as error:  # download failures: offline, no HF cache, hub errors
+        raise CheckpointError(
+            f"pretrained: cannot fetch timm weights {tag} ({error}); pass a local state dict file"
+        ) from error
+    return model.state_dict()
 
 
 def apply_multi_grid(
@@ -127,12 +193,28 @@ def apply_multi_grid(
             f"(give {len(layer)} positive integers)"
         )
     for block, grid in zip(layer, multi_grid):
-        dilation = rate * int(grid)
-        for module in block.modules():
-            # stride-1 3x3 convs keep their output size when padding equals dilation
-            if isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
-                module.dilation = (dilation, dilation)
-                module.padding = (dilation, dilation)
+        _dilate_3x3(block, rate * int(grid))
+
+
+def mobilenet_blocks(backbone: nn.Module) -> list[nn.Module]:
+    """The inverted-residual blocks of a timm MobileNetV2, flat: entry i is torchvision's
+    ``features[i + 1]`` (``features[0]`` is the stem conv)."""
+    return [block for stage in backbone.blocks for block in stage]
+
+
+def dilate_mobilenet_blocks(backbone: nn.Module, dilations: Mapping[int, int]) -> None:
+    """Dilate the 3x3 depthwise conv of torchvision block ``features[i]`` by ``dilations[i]``."""
+    blocks = mobilenet_blocks(backbone)
+    for index, dilation in dilations.items():
+        _dilate_3x3(blocks[index - 1], dilation)
+
+
+def _dilate_3x3(module: nn.Module, dilation: int) -> None:
+    for conv in module.modules():
+        # stride-1 3x3 convs keep their output size when padding equals dilation
+        if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
+            conv.dilation = (dilation, dilation)
+            conv.padding = (dilation, dilation)
 
 
 def feature_indices(backbone: nn.Module, name: str) -> tuple[int, int]:
@@ -156,15 +238,29 @@ class WeightsReport(NamedTuple):
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> WeightsReport:
-    """Copy a local timm or torchvision state dict into ``backbone`` as far as it fits.
+    """Copy a local timm, torchvision or CPS state dict into ``backbone`` as far as it fits.
 
-    Keys are matched by name (after stripping ``module.``/``backbone.``); when the keys left
-    unmatched on the backbone have exactly the shapes, in order, of the first keys left in the
-    file (torchvision mobilenet_v2 -> timm mobilenetv2_100), they are paired by order.
-    Raises CheckpointError when the file is missing or unreadable or when no key fits.
+    See ``load_state_into_backbone``. Raises CheckpointError when the file is missing or
+    unreadable or when no key fits.
     """
     path = Path(path)
-    source = {key: value for key, value in read_state_dict(path).items() if not _is_counter(key)}
+    return load_state_into_backbone(backbone, read_state_dict(path), str(path))
+
+
+def load_state_into_backbone(
+    backbone: nn.Module, state: Mapping[str, torch.Tensor], origin: str
+) -> WeightsReport:
+    """Copy the tensors of ``state`` into ``backbone`` by name and shape.
+
+    torchvision MobileNetV2 names (``features.N...``) are translated to timm's first. When the
+    keys left unmatched on the backbone have exactly the shapes, in order, of the first keys
+    left in ``state``, they are paired by order. Keys left at init, unused and of another shape
+    are logged; CheckpointError (naming ``origin``) when no key fits.
+    """
+    source = {key: value for key, value in state.items() if not _is_counter(key)}
+    if "features.0.0.weight" in source and hasattr(backbone, "blocks"):
+        renamed = {tv: ours for ours, tv in torchvision_mobilenet_names(backbone).items()}
+        source = {renamed.get(key, key): value for key, value in source.items()}
     target = {key: value for key, value in backbone.state_dict().items() if not _is_counter(key)}
 
     pairs = {key: key for key in target if key in source and source[key].shape == target[key].shape}
@@ -180,7 +276,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> Weigh
         target_left = []
     if not pairs:
         raise CheckpointError(
-            f"{path}: no key fits backbone {type(backbone).__name__} "
+            f"{origin}: no key fits backbone {type(backbone).__name__} "
             f"(file keys {_first(list(source))}, backbone keys {_first(list(target))})"
         )
 
@@ -188,8 +284,31 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> Weigh
         for target_key, source_key in pairs.items():
             target[target_key].copy_(source[source_key])
     report = WeightsReport(list(pairs), target_left, source_left, mismatched, by_order)
-    _log_report(path, report)
+    _log_report(origin, report)
     return report
+
+
+# timm MobileNetV2 block part -> torchvision ``features[i].conv`` part (same tensors, other names)
+_TV_FIRST_BLOCK_PARTS = {"conv_dw": "0.0", "bn1": "0.1", "conv_pw": "1", "bn2": "2"}
+_TV_BLOCK_PARTS = {"conv_pw": "0.0", "bn1": "0.1", "conv_dw": "1.0", "bn2": "1.1", "conv_pwl": "2", "bn3": "3"}
+
+
+def torchvision_mobilenet_names(backbone: nn.Module) -> dict[str, str]:
+    """{timm key: torchvision ``mobilenet_v2`` key} for the tensors of a timm MobileNetV2 backbone."""
+    names = {}
+    for key in backbone.state_dict():
+        module, _, tensor = key.rpartition(".")
+        if module == "conv_stem":
+            names[key] = f"features.0.0.{tensor}"
+        elif module == "bn1":
+            names[key] = f"features.0.1.{tensor}"
+        elif module.startswith("blocks."):
+            _, stage, index, part = module.split(".", 3)
+            flat = sum(len(s) for s in backbone.blocks[: int(stage)]) + int(index)
+            parts = _TV_FIRST_BLOCK_PARTS if flat == 0 else _TV_BLOCK_PARTS
+            if part in parts:
+                names[key] = f"features.{flat + 1}.conv.{parts[part]}.{tensor}"
+    return names
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -244,7 +363,7 @@ def _first(keys: list[str]) -> str:
     return f"[{shown}{', ...' if len(keys) > REPORTED_KEYS else ''}]"
 
 
-def _log_report(path: Path, report: WeightsReport) -> None:
+def _log_report(path: str, report: WeightsReport) -> None:
     how = "by order and shape" if report.by_order else "by name"
     logger.info("%s: loaded %d backbone tensors %s", path, len(report.loaded), how)
     for label, keys in (

@@ -1,34 +1,33 @@
-"""DeepLabv3+ (ASPP + low-level decoder) on a timm backbone, and its model files.
+"""DeepLabv3+ (ASPP + low-level decoder) on a timm backbone, computed as the CPS/MGD code does.
 
-Layout as in the CPS/MGD code: ASPP on the last backbone feature (1x1 and three dilated 3x3
-branches plus image pooling, 256 channels each, projected to 256), a decoder that joins the
-stride-4 feature reduced to 48 channels, two 3x3 convs of 256 channels and a 1x1 classifier.
-The 256-channel map before the classifier is returned as ``feature`` for region distillation.
-There is no dropout (the CPS code has none).
+ASPP on the last backbone feature: a 1x1 and three dilated 3x3 convs (256 channels each) are
+concatenated and normalised together (one BatchNorm over 1024 channels), LeakyReLU, projected
+to 256 by a 1x1 conv; the image-pooling branch (mean, 1x1 conv, BN, LeakyReLU, 1x1 conv) is
+added to that projection, then BN and LeakyReLU. The decoder projects the stride-4 feature to 48
+channels (24 for the official MobileNetV2) with conv-BN-ReLU, upsamples the ASPP output to it
+with align_corners=True, concatenates, and applies two 3x3 conv-BN-ReLU of 256 channels. That
+256-channel map is returned as ``feature`` for region distillation; a 1x1 classifier and an
+align_corners=True upsampling give the logits. There is no dropout (the official code has none).
+The official key names of each tensor are listed in mgd.models.official.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgd.errors import CheckpointError, ConfigError
-from mgd.io import torch_save_atomic
-from mgd.models.backbones import create_backbone, feature_indices, load_backbone_weights
+from mgd.errors import ConfigError
+from mgd.models.backbones import backbone_spec, create_backbone, feature_indices, load_backbone_weights
 
 HEAD_CHANNELS = 256
-LOW_LEVEL_CHANNELS = 48
-# ASPP rates at output stride 16; they scale inversely with the stride (DeepLabv3 practice):
-# 12/24/36 at OS 8 and 3/6/9 at OS 32, so the branches see the same image area.
+# ASPP rates at output stride 16; for backbones without fixed rates they scale inversely with
+# the stride (12/24/36 at OS 8, 3/6/9 at OS 32) so the branches see the same image area.
 ASPP_RATES_AT_OS16 = (6, 12, 18)
-MODEL_FILE_FORMAT = "mgd.model"
-MODEL_FILE_VERSION = 1
+LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default, as the official ASPP uses it
 
 
 class SegmentationOutput(NamedTuple):
@@ -36,74 +35,61 @@ class SegmentationOutput(NamedTuple):
     feature: torch.Tensor  # B x 256 x H/4 x W/4, decoder output before the classifier
 
 
-def conv_bn_relu(
-    in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1
-) -> nn.Sequential:
-    padding = dilation * (kernel_size // 2)
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
-        ),
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
 
 
-class ImagePooling(nn.Module):
-    """ASPP's image-level branch: global average pool, 1x1 conv, BN, ReLU, broadcast back.
-
-    BatchNorm over a batch of one 1x1 map has no variance and fails in training; a batch of
-    one is then normalised with the running statistics (which it does not update).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.norm = nn.BatchNorm2d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.conv(F.adaptive_avg_pool2d(x, 1))
-        if self.training and pooled.shape[0] == 1:
-            norm = self.norm
-            pooled = F.batch_norm(
-                pooled,
-                norm.running_mean,
-                norm.running_var,
-                norm.weight,
-                norm.bias,
-                training=False,
-                eps=norm.eps,
-            )
-        else:
-            pooled = self.norm(pooled)
-        return F.relu(pooled).expand(-1, -1, *x.shape[-2:])
+def batch_norm_or_running(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, except that a training batch of one 1x1 map (no variance to normalise by,
+    where BatchNorm fails) is normalised with the running statistics, which it leaves alone."""
+    if norm.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+        return F.batch_norm(
+            x, norm.running_mean, norm.running_var, norm.weight, norm.bias, training=False, eps=norm.eps
+        )
+    return norm(x)
 
 
 class ASPP(nn.Module):
-    def __init__(self, in_channels: int, rates: tuple[int, ...], out_channels: int = HEAD_CHANNELS):
+    def __init__(self, in_channels: int, rates: tuple[int, ...], channels: int = HEAD_CHANNELS):
         super().__init__()
         self.branches = nn.ModuleList(
-            [conv_bn_relu(in_channels, out_channels, 1)]
-            + [conv_bn_relu(in_channels, out_channels, 3, dilation=rate) for rate in rates]
-            + [ImagePooling(in_channels, out_channels)]
+            [nn.Conv2d(in_channels, channels, 1, bias=False)]
+            + [
+                nn.Conv2d(in_channels, channels, 3, padding=rate, dilation=rate, bias=False)
+                for rate in rates
+            ]
         )
-        self.project = conv_bn_relu(out_channels * len(self.branches), out_channels, 1)
+        self.branches_norm = nn.BatchNorm2d(channels * len(self.branches))
+        self.project = nn.Conv2d(channels * len(self.branches), channels, 1, bias=False)
+        self.pool_conv = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.pool_norm = nn.BatchNorm2d(channels)
+        self.pool_project = nn.Conv2d(channels, channels, 1, bias=False)
+        self.norm = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+        out = torch.cat([branch(x) for branch in self.branches], dim=1)
+        out = self.project(F.leaky_relu(self.branches_norm(out), LEAKY_SLOPE))
+        pooled = self.pool_conv(x.mean(dim=(2, 3), keepdim=True))
+        pooled = F.leaky_relu(batch_norm_or_running(self.pool_norm, pooled), LEAKY_SLOPE)
+        out = out + self.pool_project(pooled)  # broadcast over the map
+        return F.leaky_relu(self.norm(out), LEAKY_SLOPE)
 
 
 class Decoder(nn.Module):
-    def __init__(self, low_level_channels: int, channels: int = HEAD_CHANNELS):
+    def __init__(self, in_channels: int, low_level_channels: int, channels: int = HEAD_CHANNELS):
         super().__init__()
-        self.reduce = conv_bn_relu(low_level_channels, LOW_LEVEL_CHANNELS, 1)
+        self.reduce = conv_bn_relu(in_channels, low_level_channels, 1)
         self.fuse = nn.Sequential(
-            conv_bn_relu(channels + LOW_LEVEL_CHANNELS, channels, 3),
-            conv_bn_relu(channels, channels, 3),
+            *conv_bn_relu(channels + low_level_channels, channels, 3),
+            *conv_bn_relu(channels, channels, 3),
         )
 
     def forward(self, low_level: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
+        context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=True)
         return self.fuse(torch.cat([context, self.reduce(low_level)], dim=1))
 
 
@@ -114,12 +100,14 @@ class DeepLabV3Plus(nn.Module):
         self.backbone_name = backbone_name
         self.num_classes = num_classes
         self.build_args = build_args
+        self.class_names: tuple[str, ...] | None = None  # set by load_model from the model file
         self.low_level_index, self.high_level_index = feature_indices(backbone, backbone_name)
+        spec = backbone_spec(backbone_name)
         channels = backbone.feature_info.channels()
         output_stride = backbone.feature_info.reduction()[self.high_level_index]
-        rates = tuple(rate * 16 // output_stride for rate in ASPP_RATES_AT_OS16)
+        rates = spec.aspp_rates or tuple(rate * 16 // output_stride for rate in ASPP_RATES_AT_OS16)
         self.aspp = ASPP(channels[self.high_level_index], rates)
-        self.decoder = Decoder(channels[self.low_level_index])
+        self.decoder = Decoder(channels[self.low_level_index], spec.low_level_channels)
         self.classifier = nn.Conv2d(HEAD_CHANNELS, num_classes, 1)
         for module in (self.aspp, self.decoder, self.classifier):
             _init_head(module)
@@ -129,12 +117,13 @@ class DeepLabV3Plus(nn.Module):
         context = self.aspp(features[self.high_level_index])
         feature = self.decoder(features[self.low_level_index], context)
         logits = F.interpolate(
-            self.classifier(feature), size=x.shape[-2:], mode="bilinear", align_corners=False
+            self.classifier(feature), size=x.shape[-2:], mode="bilinear", align_corners=True
         )
         return SegmentationOutput(logits, feature)
 
 
 def _init_head(module: nn.Module) -> None:
+    # the official train.py: kaiming_normal_ (fan_in, relu gain) on the head convs; BN 1/0
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
@@ -151,15 +140,18 @@ def build_model(
 ) -> DeepLabV3Plus:
     """DeepLabv3+ on ``backbone`` (see mgd.models.backbones for names and defaults).
 
-    ``pretrained``: None (random init), ``"timm"`` (timm's pretrained weights) or the path of a
-    local timm/torchvision state dict for the backbone.
+    ``pretrained``: None (random init), ``"timm"`` (the backbone's timm pretrained tag),
+    ``"timm:TAG"`` (another timm tag) or the path of a local timm/torchvision/CPS state dict.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes: {num_classes!r} is not a positive integer")
+    timm_tag: bool | str = False
+    if isinstance(pretrained, str) and (pretrained == "timm" or pretrained.startswith("timm:")):
+        timm_tag = pretrained.partition(":")[2] or True
     features, output_stride, multi_grid = create_backbone(
-        backbone, output_stride, multi_grid, timm_pretrained=pretrained == "timm"
+        backbone, output_stride, multi_grid, timm_pretrained=timm_tag
     )
-    if pretrained is not None and pretrained != "timm":
+    if pretrained is not None and not timm_tag:
         load_backbone_weights(features, pretrained)
     build_args = {
         "backbone": backbone,
@@ -168,68 +160,3 @@ def build_model(
         "multi_grid": None if multi_grid is None else list(multi_grid),
     }
     return DeepLabV3Plus(features, backbone, num_classes, build_args)
-
-
-def save_model(path: str | os.PathLike, model: DeepLabV3Plus) -> None:
-    """Write the build arguments and the weights of ``model`` to ``path`` atomically."""
-    state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    torch_save_atomic(
-        {
-            "format": MODEL_FILE_FORMAT,
-            "version": MODEL_FILE_VERSION,
-            "build_args": dict(model.build_args),
-            "state_dict": state_dict,
-        },
-        path,
-    )
-
-
-def load_model(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> DeepLabV3Plus:
-    """Rebuild the model saved by ``save_model`` on ``map_location`` and load its weights."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: model file not found")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # any reader failure means the same to the user: unreadable
-        raise CheckpointError(f"{path}: cannot read model file: {error}") from error
-    if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != MODEL_FILE_FORMAT:
-        raise CheckpointError(
-            f"{path}: not a model file written by mgd (no format {MODEL_FILE_FORMAT!r})"
-        )
-    if checkpoint.get("version") != MODEL_FILE_VERSION:
-        raise CheckpointError(
-            f"{path}: model file version {checkpoint.get('version')!r}, "
-            f"expected {MODEL_FILE_VERSION}"
-        )
-    build_args = checkpoint["build_args"]
-    try:
-        with torch.device(map_location):
-            model = build_model(**build_args)
-    except (ConfigError, TypeError) as error:
-        raise CheckpointError(
-            f"{path}: build arguments {build_args} are invalid: {error}"
-        ) from error
-    _check_state_dict(path, model, checkpoint["state_dict"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model
-
-
-def _check_state_dict(path: Path, model: nn.Module, state_dict: Mapping) -> None:
-    expected = model.state_dict()
-    problems = []
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    reshaped = [
-        f"{key} {tuple(state_dict[key].shape)} != {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state_dict and state_dict[key].shape != value.shape
-    ]
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)):
-        if keys:
-            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-            problems.append(f"{len(keys)} {label} ({shown})")
-    if problems:
-        raise CheckpointError(f"{path}: weights do not fit {model.build_args}: {'; '.join(problems)}")

@@ -6,6 +6,10 @@ from __future__ import annotations
 from mgd.errors import ConfigError
 from mgd.plan.partitions import partition_slug, partitions
 
+#: the networks `mgd import-weights` can read from an official checkpoint (mgd.models.PAPER_BACKBONES;
+#: kept here because this package must not import torch)
+IMPORTABLE_BACKBONES = ("resnet101_v1c", "wide_resnet50_2", "resnet18_v1c", "mobilenetv2_dilated")
+
 
 def check_dataset(config: dict, ds: str, key: str) -> None:
     if ds not in config["datasets"]:
@@ -44,6 +48,28 @@ def check_datasets(config: dict) -> None:
                     if name not in names:
                         raise ConfigError(f"config key datasets.{ds}.{group}.{role}.iterations_by_partition: "
                                           f"{name!r} is not a partition of any protocol ({sorted(names)})")
+        for role, teacher in dcfg["teachers"].items():
+            check_checkpoints(config, ds, role, teacher)
+
+
+def check_checkpoints(config: dict, ds: str, role: str, teacher: dict) -> None:
+    """A teacher's official checkpoints: each key names a partition of exactly one protocol (the
+    teacher of another split must not be taken by mistake), and the import knows the backbone."""
+    if not teacher["checkpoints"]:
+        return
+    key = f"datasets.{ds}.teachers.{role}.checkpoints"
+    if teacher["backbone"] not in IMPORTABLE_BACKBONES:
+        raise ConfigError(f"config key {key}: backbone {teacher['backbone']!r} cannot be imported from an official "
+                          f"checkpoint (one of {', '.join(IMPORTABLE_BACKBONES)})")
+    protocols = config["datasets"][ds]["protocols"]
+    for name in teacher["checkpoints"]:
+        holders = [proto for proto in protocols if name in {part.display for part in partitions(config, ds, proto)}]
+        if not holders:
+            names = sorted({part.display for proto in protocols for part in partitions(config, ds, proto)})
+            raise ConfigError(f"config key {key}: {name!r} is not a partition of any protocol ({names})")
+        if len(holders) > 1:
+            raise ConfigError(f"config key {key}: partition {name!r} is in protocols {', '.join(holders)}; "
+                              "a checkpoint must belong to one split")
 
 
 def check_tables(config: dict) -> None:

@@ -15,33 +15,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides with snakemake --config semantics (value parsed as YAML)")
     parser.add_argument("--json", action="store_true",
-                        help='print {"runs": [...]} with each run\'s full, validated train config')
+                        help='print {"runs": [...]} with each run\'s full, validated train config (null for a '
+                             'teacher imported from the checkpoint its "source" names)')
 
 
 def run_record(run) -> dict:
     return {
         "id": run.id, "dataset": run.dataset, "protocol": run.protocol, "partition": run.partition,
         "slug": run.slug, "role": run.role, "method": run.method, "backbone": run.backbone, "seed": run.seed,
-        "ablation": run.ablation, "teachers": [ref.run for ref in run.teachers], "train_config": run.train_config,
+        "ablation": run.ablation, "teachers": [ref.run for ref in run.teachers],
+        "source": run.source, "branch": run.branch, "train_config": run.train_config or None,
     }
 
 
 def plan_table(plan: Plan) -> str:
-    """One line per run: run, method, backbone, partition, iterations, lr, batch, crop, teachers."""
+    """One line per run: run, method, backbone, partition, iterations, lr, batch, crop, teachers; an
+    imported teacher shows "-" for the training settings and "import" as its method."""
     header = ("run", "method", "backbone", "partition", "iterations", "lr", "batch", "crop", "teachers")
     rows = [header]
     for run in plan.runs.values():
         cfg = run.train_config
+        if run.imported:
+            settings = ("-", "-", "-", "-")
+        else:
+            data = cfg["data"]
+            settings = (str(cfg["optim"]["iterations"]), f"{cfg['optim']['lr']:g}",
+                        f"{data['batch_labeled']}+{data['batch_unlabeled']}", str(data["crop_size"]))
         rows.append((
-            f"{run.dataset}/{run.protocol}/{run.slug}/{run.id}", run.method, run.backbone, run.partition,
-            str(cfg["optim"]["iterations"]), f"{cfg['optim']['lr']:g}",
-            f"{cfg['data']['batch_labeled']}+{cfg['data']['batch_unlabeled']}", str(cfg["data"]["crop_size"]),
-            ",".join(ref.name for ref in run.teachers) or "-",
+            f"{run.dataset}/{run.protocol}/{run.slug}/{run.id}", "import" if run.imported else run.method,
+            run.backbone, run.partition, *settings, ",".join(ref.name for ref in run.teachers) or "-",
         ))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     teachers = sum(run.role == "teacher" for run in plan.runs.values())
-    lines.append(f"{len(plan.runs)} runs ({teachers} teachers, {len(plan.runs) - teachers} students), "
+    imported = sum(run.imported for run in plan.runs.values())
+    teacher_count = f"{teachers} teachers" + (f", {imported} imported" if imported else "")
+    lines.append(f"{len(plan.runs)} runs ({teacher_count}, {len(plan.runs) - teachers} students), "
                  f"{len(plan.tables)} tables, {len(plan.figure_paths())} figures")
     return "\n".join(lines)
 

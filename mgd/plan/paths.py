@@ -22,6 +22,10 @@ class Paths:
     def dataset_yaml(self, ds: str) -> str:
         return f"{self.results}/{ds}/dataset.yaml"
 
+    def data_check(self, ds: str, split: str) -> str:
+        """`mgd check-data --out` of one dataset split: written only when every sample decodes."""
+        return f"{self.results}/{ds}/checks/{split}.json"
+
     def split_root(self, ds: str, proto: str) -> str:
         return f"{self.results}/{ds}/splits/{proto}"
 
@@ -42,6 +46,13 @@ class Paths:
 
     def cache_dir(self, ds: str, proto: str, slug: str, layout: str) -> str:
         return f"{self.results}/{ds}/runs/{proto}/{slug}/teacher_cache/{layout}"
+
+    def cache_config(self, ds: str, proto: str, slug: str, layout: str) -> str:
+        return f"{self.cache_dir(ds, proto, slug, layout)}.yaml"
+
+    def cache_partial(self, ds: str, proto: str, slug: str, layout: str) -> str:
+        """Where `mgd cache` writes (and resumes) until the cache is complete and renamed to cache_dir."""
+        return f"{self.cache_dir(ds, proto, slug, layout)}.partial"
 
     def table_csv(self, name: str) -> str:
         return f"{self.results}/{name}.csv"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 
 from mgd.errors import ConfigError
@@ -42,20 +43,49 @@ class Plan:
             "config": f"{self.paths.run_dir(ds, proto, slug, run)}/config.yaml",
             "split": f"{self.paths.split_dir(ds, proto, slug)}/split.json",
             "dataset": self.dataset_inputs(ds),
+            "checks": self.dataset_checks(ds),
             "teachers": [self.paths.model(ds, proto, slug, ref.run) for ref in spec.teachers],
         }
         if uses_cache(self.config, spec):
-            files["cache"] = self.cache_done(ds, proto, slug)
+            files["cache"] = self.cache_dir(ds, proto, slug)
         return files
 
     def train_commands(self, ds: str, proto: str, slug: str, run: str) -> str:
-        """The mgd commands of a training job: train, then (evaluate_in_training_job) evaluate."""
+        """The mgd commands of a training job: train, then (evaluate_in_training_job) evaluate; shell
+        text with every value quoted."""
         folder = self.paths.run_dir(ds, proto, slug, run)
+        return shlex.join(["train", "--config", f"{folder}/config.yaml", *self.evaluate_in_job(ds, proto, slug, run)])
+
+    def evaluate_in_job(self, ds: str, proto: str, slug: str, run: str) -> list[str]:
+        """The `-- evaluate ...` words a job producing a model adds with evaluate_in_training_job
+        (none without: then the evaluate rule writes metrics.json)."""
         if not self.config["evaluate_in_training_job"]:
-            return f"train --config {folder}/config.yaml"
-        return (f"train --config {folder}/config.yaml -- "
-                f"evaluate --model {folder}/model.pt --dataset-config {self.paths.dataset_yaml(ds)} --split val "
-                f"{self.evaluate_options(ds)} --out {folder}/metrics.json")
+            return []
+        folder = self.paths.run_dir(ds, proto, slug, run)
+        return ["--", "evaluate", "--model", f"{folder}/model.pt", "--dataset-config", self.paths.dataset_yaml(ds),
+                "--split", "val", *self.evaluate_arguments(ds), "--out", f"{folder}/metrics.json"]
+
+    # -- teachers imported from official checkpoints -----------------------------------------------
+    def imported_runs(self) -> dict[str, Run]:
+        """Every imported teacher by its run folder relative to ``results`` (the import_teacher
+        rule's wildcard: only these folders are imported, every other teacher is trained)."""
+        prefix = f"{self.paths.results}/"
+        return {self.paths.run_dir(*key).removeprefix(prefix): run for key, run in self.runs.items() if run.imported}
+
+    def import_inputs(self, ds: str, proto: str, slug: str, run: str) -> dict[str, str | list[str]]:
+        """Inputs of an import job: the official checkpoint and the dataset (its class names)."""
+        return {"checkpoint": self.run(ds, proto, slug, run).source, "dataset": self.dataset_inputs(ds)}
+
+    def import_commands(self, ds: str, proto: str, slug: str, run: str) -> str:
+        """The mgd commands of an import job: `mgd import-weights` into the folder a trained teacher
+        would have (checking backbone and, through the dataset's class names, class count), then
+        (evaluate_in_training_job) evaluate; shell text with every value quoted."""
+        spec = self.run(ds, proto, slug, run)
+        if not spec.imported:
+            raise ConfigError(f"run {'/'.join(spec.key)} is trained, not imported")
+        words = ["import-weights", spec.source, self.paths.model(ds, proto, slug, run), "--branch", spec.branch,
+                 "--backbone", spec.backbone, "--dataset-config", self.paths.dataset_yaml(ds)]
+        return shlex.join(words + self.evaluate_in_job(ds, proto, slug, run))
 
     # -- datasets and splits -------------------------------------------------------------------
     def dataset_slice(self, ds: str) -> dict:
@@ -68,40 +98,49 @@ class Plan:
             files.append(self.paths.synth_marker(ds))
         return files
 
+    def dataset_checks(self, ds: str) -> list[str]:
+        """The `mgd check-data` summaries of both splits: every job that trains on dataset ``ds``
+        needs them, so a corrupt image stops the workflow before any training."""
+        return [self.paths.data_check(ds, split) for split in ("train", "val")]
+
     def split_command(self, ds: str, proto: str, slug: str) -> str:
-        """`mgd splits make|import` of one partition."""
+        """`mgd splits make|import` of one partition (shell text, every value quoted)."""
         protocol = self.config["datasets"][ds]["protocols"][proto]
         display = partition_display(self.config, ds, proto, slug)
         if "import" in protocol:
             lists = protocol["import"][display]
-            ids = f" --ids {protocol['ids']}" if "ids" in protocol else ""
-            return (f"mgd splits import --labeled {lists['labeled']} --unlabeled {lists['unlabeled']}{ids} "
-                    f"--out {self.paths.split_dir(ds, proto, slug)}")
-        size = f"--ratios {display}" if "ratios" in protocol else f"--counts {display}"
+            ids = ["--ids", protocol["ids"]] if "ids" in protocol else []
+            return shlex.join(["mgd", "splits", "import", "--labeled", lists["labeled"], "--unlabeled", lists["unlabeled"],
+                               *ids, "--out", self.paths.split_dir(ds, proto, slug)])
+        size = ["--ratios" if "ratios" in protocol else "--counts", display]
         # One seeded permutation per (seed, base ids): a partition made alone equals the same
         # partition made together with the others, so each partition is its own small job.
-        return (f"mgd splits make --dataset-config {self.paths.dataset_yaml(ds)} {size} --seed {protocol['seed']} "
-                f"--out {self.paths.split_root(ds, proto)}")
+        return shlex.join(["mgd", "splits", "make", "--dataset-config", self.paths.dataset_yaml(ds), *size,
+                           "--seed", str(protocol["seed"]), "--out", self.paths.split_root(ds, proto)])
 
     def split_inputs(self, ds: str, proto: str, slug: str) -> list[str]:
         protocol = self.config["datasets"][ds]["protocols"][proto]
         if "import" in protocol:
             lists = protocol["import"][partition_display(self.config, ds, proto, slug)]
             return [lists["labeled"], lists["unlabeled"]] + ([protocol["ids"]] if "ids" in protocol else [])
-        return self.dataset_inputs(ds)
+        return self.dataset_inputs(ds) + [self.paths.data_check(ds, "train")]
 
     # -- evaluation ----------------------------------------------------------------------------
-    def evaluate_options(self, ds: str, workers: bool = True) -> str:
+    def evaluate_arguments(self, ds: str, workers: bool = True) -> list[str]:
         """`mgd evaluate` options of dataset ``ds`` (without --workers for figure 4)."""
         evaluate = self.config["datasets"][ds]["evaluate"]
-        options = [f"--mode {evaluate['mode']}"] + ([f"--workers {evaluate['workers']}"] if workers else [])
+        options = ["--mode", evaluate["mode"]] + (["--workers", str(evaluate["workers"])] if workers else [])
         if evaluate["mode"] == "slide":
-            options.append(f"--window {evaluate['window'] or self.config['datasets'][ds]['train']['crop_size']}")
+            options += ["--window", str(evaluate["window"] or self.config["datasets"][ds]["train"]["crop_size"])]
             if evaluate["stride"]:
-                options.append(f"--stride {evaluate['stride']}")
+                options += ["--stride", str(evaluate["stride"])]
         if evaluate["flip"]:
             options.append("--flip")
-        return " ".join(options)
+        return options
+
+    def evaluate_options(self, ds: str, workers: bool = True) -> str:
+        """evaluate_arguments as shell text."""
+        return shlex.join(self.evaluate_arguments(ds, workers))
 
     # -- teacher caches ------------------------------------------------------------------------
     def cache_layout(self, ds: str, proto: str, slug: str) -> CacheLayout:
@@ -110,15 +149,16 @@ class Plan:
     def cache_dir(self, ds: str, proto: str, slug: str) -> str:
         return self.paths.cache_dir(ds, proto, slug, self.cache_layout(ds, proto, slug).name)
 
-    def cache_done(self, ds: str, proto: str, slug: str) -> str:
-        return f"{self.cache_dir(ds, proto, slug)}/complete.txt"
+    def cache_partial(self, ds: str, proto: str, slug: str) -> str:
+        return self.paths.cache_partial(ds, proto, slug, self.cache_layout(ds, proto, slug).name)
 
     def cache_options(self, ds: str, proto: str, slug: str) -> str:
+        """`mgd cache` options of one partition's cache (shell text)."""
         layout, options = self.cache_layout(ds, proto, slug), self.config["cache"]
-        text = (f"--views {options['views']} --view-seed {options['view_seed']} "
-                f"--logit-stride {options['logit_stride']} --batch-size {options['batch_size']} "
-                f"--feature-grids {' '.join(map(str, layout.grids))}")
-        return text + (" --dense-logits" if layout.dense else "")
+        words = ["--views", options["views"], "--view-seed", options["view_seed"],
+                 "--logit-stride", options["logit_stride"], "--batch-size", options["batch_size"],
+                 "--feature-grids", *layout.grids] + (["--dense-logits"] if layout.dense else [])
+        return shlex.join(map(str, words))
 
     # -- tables and figures --------------------------------------------------------------------
     def table_inputs(self, name: str) -> list[str]:
@@ -126,6 +166,10 @@ class Plan:
         spec = self.tables[name]
         files = [path for row in spec["rows"] for path in row["cells"].values()]
         return files + sorted({row["complexity"] for row in spec["rows"] if row.get("complexity")})
+
+    def figure_model_options(self) -> str:
+        """Figure 4's `--model LABEL=FILE` options (shell text)."""
+        return shlex.join(word for label, path in self.figures["models"].items() for word in ("--model", f"{label}={path}"))
 
     def figure_paths(self) -> list[str]:
         if not self.figures:
@@ -168,6 +212,8 @@ def build_plan(config: dict) -> Plan:
                 plan.cache_configs[key] = _validated_train_config(
                     cache_train_config(config, paths, *key, layout), f"cache config of {'/'.join(key)}")
     for run in registry.runs.values():
+        if run.imported:
+            continue
         cache_dir = plan.cache_dir(*run.partition_key) if uses_cache(config, run) else None
         run.train_config = _validated_train_config(train_config(config, paths, run, cache_dir),
                                                    f"train config of run {'/'.join(run.key)}")

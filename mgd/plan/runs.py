@@ -45,7 +45,13 @@ class Run:
     params: dict  # method parameters (workflow < dataset/backbone < ablation)
     teachers: list[TeacherRef] = field(default_factory=list)
     batch: dict = field(default_factory=dict)  # batch_labeled / batch_unlabeled (global)
-    train_config: dict = field(default_factory=dict)  # validated, defaults filled (by build_plan)
+    train_config: dict = field(default_factory=dict)  # validated, defaults filled (by build_plan); {} if imported
+    source: str | None = None  # an imported teacher's official checkpoint (then it is not trained)
+    branch: str | None = None  # the network of ``source`` to import (branch1, ...)
+
+    @property
+    def imported(self) -> bool:
+        return self.source is not None
 
     @property
     def key(self) -> RunKey:
@@ -65,6 +71,7 @@ def schedule(config: dict, sched: dict, partition: str) -> dict:
         "momentum": sched["momentum"],
         "weight_decay": sched["weight_decay"],
         "poly_power": sched["poly_power"],
+        "accumulate": sched["accumulate"],
     }
 
 
@@ -90,19 +97,23 @@ class Registry:
     def teacher(self, ds: str, proto: str, slug: str, role: str, copy_index: int = 0,
                 ablation: str | None = None) -> TeacherRef:
         """The CPS teacher ``role`` (TD/TW); copy 1 is Table 4's second same-architecture teacher,
-        trained with seed + 1."""
+        trained with seed + 1. Copy 0 at a partition listed in the teacher's ``checkpoints`` is
+        imported from that official checkpoint instead of trained."""
         run = f"teacher_{role}" + (f"_seed{copy_index}" if copy_index else "")
         ref = TeacherRef(run, role + (str(copy_index + 1) if copy_index else ""))
         key = (ds, proto, slug, run)
         if key not in self.runs:
             sched = self.config["datasets"][ds]["teachers"][role]
             partition = partition_display(self.config, ds, proto, slug)
+            source = None if copy_index else sched["checkpoints"].get(partition)
             self.runs[key] = Run(
                 dataset=ds, protocol=proto, slug=slug, partition=partition, id=run, role="teacher",
                 method="cps", backbone=sched["backbone"], seed=self.config["seed"] + copy_index,
-                ablation=ablation if copy_index else None, optim=schedule(self.config, sched, partition),
+                ablation=ablation if copy_index else None,
+                optim={} if source else schedule(self.config, sched, partition),
                 pretrained=sched["pretrained"], params=method_params(self.config, ds, "cps"),
-                batch=batches(self.config, ds, sched),
+                batch=batches(self.config, ds, sched), source=source,
+                branch=sched["checkpoint_branch"] if source else None,
             )
         return ref
 
@@ -210,8 +221,10 @@ def train_config(config: dict, paths: Paths, run: Run, cache_dir: str | None = N
 
 
 def cache_train_config(config: dict, paths: Paths, ds: str, proto: str, slug: str, layout: CacheLayout) -> dict:
-    """The config `mgd cache` reads: an MGD run at this partition listing every teacher to cache."""
-    cache_dir = paths.cache_dir(ds, proto, slug, layout.name)
+    """The config `mgd cache` reads: an MGD run at this partition listing every teacher to cache. It
+    writes (and resumes) in the layout's ``.partial`` folder, which the workflow renames to the cache
+    folder the students read once the cache is complete."""
+    cache_dir = paths.cache_partial(ds, proto, slug, layout.name)
     probe = Run(
         dataset=ds, protocol=proto, slug=slug, partition=partition_display(config, ds, proto, slug), id="",
         role="student", method="mgd", backbone=config["student_backbones"][0], seed=config["seed"], ablation=None,

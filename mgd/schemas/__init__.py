@@ -5,7 +5,8 @@
 and references the train schema's method definitions for its ``method_params``. Validation differs
 from plain jsonschema in three ways: integers are strict (``4.0`` is not an integer), the error is
 one line naming the dotted key (``config key method_params.mgd.lamda_image: unknown key ...``),
-and the result is a copy with the schema's defaults filled in.
+and the result is a copy with the schema's defaults filled in. A schema may word its own error
+with ``errorMessage`` (the ajv-errors keyword; jsonschema ignores it).
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ def error_message(error: jsonschema.ValidationError) -> str:
         known = sorted(_property_names(error.schema, _resolver_of(error.schema)))
         key = ".".join(path + unexpected[:1])
         return f"config key {key}: unknown key" + (f" (known: {', '.join(known)})" if known else "")
+    if isinstance(error.schema, dict) and "errorMessage" in error.schema:  # a schema's own wording
+        return f"config key {'.'.join(path)}: {error.instance!r} {error.schema['errorMessage']}"
     return f"config key {'.'.join(path) or '<top level>'}: {error.message}"
 
 

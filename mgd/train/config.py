@@ -62,7 +62,7 @@ def config_hash(cfg: dict) -> str:
     """Hash of everything that determines the trained weights (not where they are written)."""
     relevant = {key: value for key, value in cfg.items() if key not in ("output_dir",)}
     runtime = dict(relevant.get("runtime", {}))
-    for key in ("checkpoint_every", "log_every", "tensorboard", "device"):
+    for key in ("checkpoint_every", "log_every", "tensorboard", "device", "compile"):
         runtime.pop(key, None)
     relevant["runtime"] = runtime
     return sha256_json(relevant)

@@ -173,6 +173,32 @@ class TrainBatch:
     def num_images(self) -> int:
         return self.labeled_image.shape[0] + sum(view.image.shape[0] for view in self.unlabeled)
 
+    def split(self, parts: int) -> list[TrainBatch]:
+        """``parts`` equal micro-batches, in order (gradient accumulation); ``[self]`` for 1."""
+        if parts == 1:
+            return [self]
+        size = self.labeled_image.shape[0] // parts
+        if size * parts != self.labeled_image.shape[0] or any(
+                view.image.shape[0] % parts for view in self.unlabeled):
+            raise ValueError(f"a batch of {self.num_images} images does not split into {parts} equal micro-batches")
+
+        def chunks(tensor: torch.Tensor | None) -> list:
+            return [None] * parts if tensor is None else list(tensor.chunk(parts))
+
+        def key_chunks(keys: ViewKeys | None, count: int) -> list:
+            step = count // parts
+            return [None] * parts if keys is None else [
+                ViewKeys(keys.ids[i * step:(i + 1) * step], keys.views[i * step:(i + 1) * step]) for i in range(parts)]
+
+        views = [list(zip(chunks(view.image), chunks(view.valid), key_chunks(view.keys, view.image.shape[0]), strict=True))
+                 for view in self.unlabeled]
+        return [
+            TrainBatch(self.iteration, image, mask, [UnlabeledView(*view[index]) for view in views], cutmix, keys)
+            for index, (image, mask, cutmix, keys) in enumerate(zip(
+                chunks(self.labeled_image), chunks(self.labeled_mask), chunks(self.cutmix_mask),
+                key_chunks(self.labeled_keys, self.labeled_image.shape[0]), strict=True))
+        ]
+
     def view_groups(self, unlabeled: bool) -> list[tuple[torch.Tensor, ViewKeys | None]]:
         """(images, keys) of the labeled crops and, with ``unlabeled``, of the two un-mixed views."""
         groups = [(self.labeled_image, self.labeled_keys)]

@@ -2,9 +2,19 @@
 
 SGD with momentum (no weight decay on norm layers and biases), poly learning-rate decay per
 iteration, a labeled batch and (for semi-supervised and distillation methods) two unlabeled batches
-per step, optional bf16 autocast and channels_last, atomic checkpoints every N iterations and
-resume from the last one, CSV + TensorBoard scalars, tqdm progress, and DistributedDataParallel when
-launched by torchrun (WORLD_SIZE > 1).
+per step, mixed precision (bf16 autocast on CUDA by default, fp16 with a gradient scaler on GPUs
+without bf16), channels_last on CUDA, gradient accumulation, optional torch.compile, atomic
+checkpoints every N iterations and resume from the last one, CSV + TensorBoard scalars, tqdm
+progress, and DistributedDataParallel when launched by torchrun (WORLD_SIZE > 1).
+
+The loop never waits for the device inside a step: loss terms stay on the device and are copied
+to the host every ``runtime.log_every`` steps (and before each checkpoint), where they are
+written to log.csv and checked to be finite; a checkpoint therefore never holds diverged weights.
+
+Gradient accumulation (``optim.accumulate: K``) splits each process's share of the global batch
+into K micro-batches and averages their gradients before the one optimiser step, so the effective
+batch and learning rate are those of the config; DDP all-reduces only on the last micro-batch.
+Batch-norm statistics are those of a micro-batch (as they are per GPU without SyncBatchNorm).
 
 Multi-process recipe: the configured batches are global; each of the N processes takes 1/N of them
 and DDP averages gradients, so a recipe gives the same effective learning rate on 1 or N processes
@@ -14,7 +24,9 @@ which is why its scripts scale the learning rate by the number of GPUs).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import math
 import os
 import time
 from pathlib import Path
@@ -26,7 +38,8 @@ from tqdm import tqdm
 
 from mgd.data import build_dataset
 from mgd.data.transforms import cutmix_box_masks, train_transform
-from mgd.errors import CheckpointError, ConfigError
+from mgd.device import autocast_dtype, init_distributed, memory_format, needs_grad_scaler, select_device
+from mgd.errors import CheckpointError, ConfigError, MgdError
 from mgd.io import atomic_path, torch_save_atomic, write_json_atomic
 from mgd.models import save_model
 from mgd.splits import read_split
@@ -40,27 +53,13 @@ SUMMARY_NAME = "train.json"
 LOG_NAME = "log.csv"
 
 
-def select_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key runtime.device: 'cuda' requested but no CUDA device is available")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and dist.is_initialized():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(choice)
+#: what a checkpoint must hold for a run to resume from it
+CHECKPOINT_KEYS = ("iteration", "config_hash", "split_hash", "elapsed_s", "trainable", "objective", "optimizer",
+                   "scheduler", "scaler", "torch_rng", "cuda_rng")
 
 
-def init_distributed(device_choice: str) -> tuple[int, int]:
-    """Join the process group when launched by torchrun; (rank, world size)."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1 and not dist.is_initialized():
-        use_cuda = device_choice != "cpu" and torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+class NonFiniteLossError(MgdError, FloatingPointError):
+    """The loss became NaN or infinite (names the iteration and the loss terms)."""
 
 
 def set_determinism(deterministic: bool) -> None:
@@ -94,10 +93,17 @@ class Trainer:
         self.rank, self.world_size = init_distributed(cfg["runtime"]["device"])
         self.device = select_device(cfg["runtime"]["device"])
         self.is_main = self.rank == 0
-        data_cfg = cfg["data"]
+        data_cfg, runtime = cfg["data"], cfg["runtime"]
+        self.accumulate = cfg["optim"]["accumulate"]
+        shares = self.world_size * self.accumulate
         for key in ("batch_labeled", "batch_unlabeled"):
-            if data_cfg[key] % self.world_size:
-                raise ConfigError(f"config key data.{key}: {data_cfg[key]} is not divisible by {self.world_size} processes")
+            if data_cfg[key] % shares:
+                raise ConfigError(f"config key data.{key}: {data_cfg[key]} is not divisible by {self.world_size} "
+                                  f"processes x {self.accumulate} accumulation steps (optim.accumulate)")
+        if runtime["bf16"] and runtime["precision"] not in ("auto", "bf16"):
+            raise ConfigError(f"config key runtime.bf16: true contradicts runtime.precision: {runtime['precision']}")
+        self.autocast_dtype = autocast_dtype("bf16" if runtime["bf16"] else runtime["precision"], self.device)
+        self.memory_format = memory_format(runtime["channels_last"], self.device)
 
         self.objective_cls = objective_class(cfg["method"]["name"])
         params = method_params(cfg, self.objective_cls.defaults)
@@ -116,24 +122,30 @@ class Trainer:
         torch.manual_seed(cfg["seed"])
 
         self.objective = self.objective_cls(cfg, params, self.num_classes, self.device)
-        runtime = cfg["runtime"]
-        memory_format = torch.channels_last if runtime["channels_last"] else torch.contiguous_format
         for model in (*self.objective.trainable.values(), *self.objective.frozen.values()):
-            model.to(self.device, memory_format=memory_format)
+            model.to(self.device, memory_format=self.memory_format)
         for model in self.objective.frozen.values():
             model.requires_grad_(False)
         optim_cfg = cfg["optim"]
+        use_scaler = needs_grad_scaler(self.autocast_dtype)
         self.optimizer = torch.optim.SGD(
             sgd_param_groups(list(self.objective.trainable.values()), optim_cfg["weight_decay"]),
             lr=optim_cfg["lr"],
             momentum=optim_cfg["momentum"],
+            # the fused CUDA kernel takes the scaler's inf check on the device (no host sync per step)
+            fused=True if use_scaler and self.device.type == "cuda" else None,
         )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: poly_factor(min(it, optim_cfg["iterations"]), optim_cfg["iterations"], optim_cfg["poly_power"])
         )
         self.start_iteration = self._resume()
         if self.world_size > 1:
             self._wrap_distributed()
+        if runtime["compile"]:
+            # in place (nn.Module.compile): state_dict keys and the objectives' references stay
+            for model in (*self.objective.trainable.values(), *self.objective.frozen.values()):
+                model.compile()
 
     def _wrap_distributed(self) -> None:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -163,6 +175,7 @@ class Trainer:
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -172,25 +185,48 @@ class Trainer:
         self.elapsed_before = 0.0
         if not self.checkpoint_path.exists():
             return 0
-        try:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        except Exception as error:  # a corrupt file must not be silently overwritten
-            raise CheckpointError(f"checkpoint {self.checkpoint_path} cannot be read: {error}") from error
+        state = self._load_checkpoint()
         if state["config_hash"] != self.config_hash or state["split_hash"] != self.split.hash:
             raise CheckpointError(
                 f"checkpoint {self.checkpoint_path} was written by a different config or split; "
                 "delete it or choose another output_dir"
             )
-        for name, model_state in state["trainable"].items():
-            self.objective.trainable[name].load_state_dict(model_state)
-        self.objective.load_state_dict(state["objective"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            for name, model_state in state["trainable"].items():
+                self.objective.trainable[name].load_state_dict(model_state)
+            self.objective.load_state_dict(state["objective"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as error:
+            raise CheckpointError(f"checkpoint {self.checkpoint_path} does not fit this run: "
+                                  f"{str(error).splitlines()[0]}") from error
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.elapsed_before = state["elapsed_s"]
         return state["iteration"]
+
+    def _load_checkpoint(self) -> dict:
+        """checkpoint.pt with ``weights_only=True``: tensors and plain containers only, so a planted
+        file cannot run code; then the keys a resume needs are checked."""
+        path = self.checkpoint_path
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a corrupt or unsafe file must not be silently overwritten
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"checkpoint {path} cannot be read as a weights-only checkpoint: {reason}") from error
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint mapping")
+        missing = [key for key in CHECKPOINT_KEYS if key not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; delete it to start the run over")
+        if not isinstance(state["trainable"], dict):
+            raise CheckpointError(f"checkpoint {path}: 'trainable' is not a mapping of model states")
+        if set(state["trainable"]) != set(self.objective.trainable):
+            raise CheckpointError(f"checkpoint {path} holds models {sorted(state['trainable'])}, "
+                                  f"the run trains {sorted(self.objective.trainable)}")
+        return state
 
     # -- data ------------------------------------------------------------------------------------
     def _loaders(self):
@@ -210,10 +246,14 @@ class Trainer:
         return iter(labeled), [iter(loader) for loader in unlabeled]
 
     def _batch(self, iteration: int, labeled_iter, unlabeled_iters) -> TrainBatch:
-        memory_format = torch.channels_last if self.cfg["runtime"]["channels_last"] else torch.contiguous_format
+        cuda = self.device.type == "cuda"
 
-        def to_device(image: torch.Tensor) -> torch.Tensor:
-            return image.to(self.device, non_blocking=True).contiguous(memory_format=memory_format)
+        def to_device(tensor: torch.Tensor) -> torch.Tensor:
+            # loader tensors are pinned on CUDA (pin_memory), so the copy does not block the host
+            return tensor.to(self.device, non_blocking=True)
+
+        def image_to_device(image: torch.Tensor) -> torch.Tensor:
+            return to_device(image).contiguous(memory_format=self.memory_format)
 
         def keys(sample: dict) -> ViewKeys:
             return ViewKeys(list(sample["id"]), sample["view"].tolist())
@@ -222,13 +262,18 @@ class Trainer:
         views = []
         for stream in unlabeled_iters:
             view = next(stream)
-            views.append(UnlabeledView(to_device(view["image"]), view["mask"].to(self.device) != 255, keys(view)))
+            views.append(UnlabeledView(image_to_device(view["image"]), to_device(view["mask"]) != 255, keys(view)))
         cutmix = None
         if len(views) == 2:
             crop = views[0].image.shape[-2:]
-            generator = torch.Generator().manual_seed(derive_seed(self.cfg["seed"], "cutmix", iteration, self.rank))
-            cutmix = cutmix_box_masks(views[0].image.shape[0], crop[0], crop[1], generator).to(self.device)
-        return TrainBatch(iteration, to_device(labeled["image"]), labeled["mask"].to(self.device), views, cutmix,
+            local = views[0].image.shape[0]
+            # Boxes for the whole global batch from one generator, this process's slice taken: the
+            # boxes of a sample do not depend on the number of processes.
+            generator = torch.Generator().manual_seed(derive_seed(self.cfg["seed"], "cutmix", iteration, 0))
+            boxes = cutmix_box_masks(local * self.world_size, crop[0], crop[1], generator)
+            boxes = boxes[self.rank * local:(self.rank + 1) * local]
+            cutmix = to_device(boxes.pin_memory() if cuda else boxes)
+        return TrainBatch(iteration, image_to_device(labeled["image"]), to_device(labeled["mask"]), views, cutmix,
                           keys(labeled))
 
     def batches(self):
@@ -239,21 +284,36 @@ class Trainer:
             yield self._batch(iteration, labeled_iter, unlabeled_iters)
             iteration += 1
 
-    def step(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float], float]:
-        """One optimiser step on ``batch``: (total loss, loss terms by name, learning rate used)."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg["runtime"]["bf16"]):
-            terms = self.objective.losses(batch)
-        total = sum(terms.values())
-        logged = {name: float(value.detach()) for name, value in terms.items()}
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"loss became {float(total.detach())} at iteration {batch.iteration}: {self._format(logged)}")
+    def _gradient_sync(self, final: bool):
+        """DDP all-reduces gradients only on the last micro-batch of a step."""
+        if final or self.world_size == 1:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for model in self.objective.trainable.values():
+            stack.enter_context(model.no_sync())
+        return stack
+
+    def step(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        """One optimiser step on ``batch`` (over ``optim.accumulate`` micro-batches): the loss terms
+        by name, detached, still on the device (reading them would wait for the step to finish)."""
+        micro_batches = batch.split(self.accumulate)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        logged: dict[str, torch.Tensor] = {}
+        enabled = self.autocast_dtype is not None
+        for index, micro in enumerate(micro_batches):
+            with self._gradient_sync(index == len(micro_batches) - 1):
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=enabled):
+                    terms = self.objective.losses(micro)
+                total = sum(terms.values()) / self.accumulate
+                self.scaler.scale(total).backward()
+            for name, value in terms.items():
+                value = value.detach().float() / self.accumulate
+                logged[name] = logged[name] + value if name in logged else value
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.objective.after_step(batch.iteration)
-        return total.detach(), logged, lr
+        return logged
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -269,26 +329,28 @@ class Trainer:
             total=iterations, initial=self.start_iteration, disable=not self.is_main,
             desc=f"{cfg['method']['name']} {cfg['model']['backbone']}", dynamic_ncols=True,
         )
-        for iteration in range(self.start_iteration, iterations):
-            step_start = time.perf_counter()
-            batch = next(batches)
-            total, logged, lr = self.step(batch)
-            images = batch.num_images * self.world_size
-            images_seen += images
-            step_time = time.perf_counter() - step_start
-            progress.update(1)
-            if log is not None:
-                scalars = {"loss": float(total), **{f"loss/{k}": v for k, v in logged.items()},
-                           "lr": lr, "images_per_s": images / step_time}
-                log.write(iteration + 1, scalars)
-                if (iteration + 1) % runtime["log_every"] == 0:
-                    progress.set_postfix(loss=f"{float(total):.4f}", lr=f"{lr:.2e}")
-            done = iteration + 1
-            if done % runtime["checkpoint_every"] == 0 or done == iterations:
-                if log is not None:
-                    log.flush()
-                self._save_checkpoint(done, self.elapsed_before + time.perf_counter() - run_start)
-        progress.close()
+        window = LossWindow()
+        try:
+            for iteration in range(self.start_iteration, iterations):
+                batch = next(batches)
+                lr = self.optimizer.param_groups[0]["lr"]
+                window.add(iteration + 1, self.step(batch), lr, batch.num_images * self.world_size)
+                images_seen += batch.num_images * self.world_size
+                progress.update(1)
+                done = iteration + 1
+                checkpoint_due = done % runtime["checkpoint_every"] == 0 or done == iterations
+                if done % runtime["log_every"] == 0 or checkpoint_due:
+                    rows = window.collect()  # the one host-device sync, every log_every steps
+                    if log is not None:
+                        for row in rows:
+                            log.write(row.pop("iteration"), row)
+                        progress.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['lr']:.2e}")
+                if checkpoint_due:
+                    if log is not None:
+                        log.flush()
+                    self._save_checkpoint(done, self.elapsed_before + time.perf_counter() - run_start)
+        finally:  # the bar ends its line, so an error message starts on its own
+            progress.close()
         wall = self.elapsed_before + time.perf_counter() - run_start
         summary = self._finish(iterations, wall, images_seen, time.perf_counter() - run_start)
         if log is not None:
@@ -296,10 +358,6 @@ class Trainer:
         if dist.is_initialized():
             dist.barrier()
         return summary
-
-    @staticmethod
-    def _format(terms: dict) -> str:
-        return ", ".join(f"{name}={value:.4g}" for name, value in terms.items())
 
     def _finish(self, iterations: int, wall: float, images_seen: int, session_time: float) -> dict:
         summary = {
@@ -311,16 +369,56 @@ class Trainer:
             "wall_time_s": wall,
             "images_per_s": images_seen / session_time if images_seen else None,
             "world_size": self.world_size,
+            "accumulate": self.accumulate,
             "device": str(self.device),
+            "precision": str(self.autocast_dtype or torch.float32).removeprefix("torch."),
+            "channels_last": self.memory_format == torch.channels_last,
             "num_classes": self.num_classes,
             "labeled_images": len(self.labeled),
             "unlabeled_images": len(self.unlabeled) if self.unlabeled is not None else 0,
         }
         if self.is_main:
             exported = self.objective.exported_model()
-            save_model(self.output_dir / MODEL_NAME, getattr(exported, "module", exported).to("cpu"))
+            save_model(self.output_dir / MODEL_NAME, getattr(exported, "module", exported).to("cpu"), classes=self.labeled.classes)
             write_json_atomic(self.output_dir / SUMMARY_NAME, summary)
         return summary
+
+
+class LossWindow:
+    """Loss terms of the steps since the last ``collect``, kept on the device until then."""
+
+    def __init__(self):
+        self.steps: list[tuple[int, dict[str, torch.Tensor], float]] = []
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, iteration: int, terms: dict[str, torch.Tensor], lr: float, images: int) -> None:
+        self.steps.append((iteration, terms, lr))
+        self.images += images
+
+    def collect(self) -> list[dict]:
+        """Log rows (iteration, loss, loss/<term>, lr, images_per_s over the window) of the
+        pending steps; NonFiniteLossError at the first step whose loss is not finite."""
+        names = list(dict.fromkeys(name for _, terms, _ in self.steps for name in terms))
+        absent = torch.tensor(float("nan"), device=next(iter(self.steps[0][1].values())).device)
+        values = torch.stack([torch.stack([terms.get(name, absent) for name in names])
+                              for _, terms, _ in self.steps]).cpu()  # waits for the window's steps
+        now = time.perf_counter()
+        rate = self.images / max(now - self.start, 1e-9)
+        rows = []
+        for (iteration, terms, lr), row in zip(self.steps, values.tolist(), strict=True):
+            by_name = {name: value for name, value in zip(names, row, strict=True) if name in terms}
+            loss = sum(by_name.values())
+            if not all(map(math.isfinite, [loss, *by_name.values()])):
+                detail = ", ".join(f"{name}={value:.4g}" for name, value in by_name.items())
+                raise NonFiniteLossError(
+                    f"loss became {loss} at iteration {iteration} ({detail}); try a lower optim.lr, "
+                    "runtime.precision: fp32, or check the data and teacher weights"
+                )
+            rows.append({"iteration": iteration, "loss": loss, **{f"loss/{k}": v for k, v in by_name.items()},
+                         "lr": lr, "images_per_s": rate})
+        self.steps, self.images, self.start = [], 0, now
+        return rows
 
 
 class ScalarLog:

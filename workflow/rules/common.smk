@@ -5,6 +5,7 @@
 # and figure to the file it reads. `mgd plan --configfile FILE` prints the same plan.
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -39,7 +40,8 @@ wildcard_constraints:
     run="[A-Za-z0-9_.-]+",
     table="table[0-9a-z]+",
     backbone="[A-Za-z0-9_.-]+",
-    layout="[A-Za-z0-9_.-]+",
+    layout="k[0-9]+_g[0-9-]+(_dense)?",
+    split="train|val",
 
 
 def partition_of(wc):
@@ -64,10 +66,12 @@ def json_text(data):
     return json.dumps(data, indent=2) + "\n"
 
 
-def train_outputs():
+def train_outputs(protect_model=False):
     """model.pt and train.json (and metrics.json when the job also evaluates); never the run
-    folder itself, so that Snakemake leaves checkpoint.pt alone."""
-    outputs = {"model": f"{RUN}/model.pt", "summary": f"{RUN}/train.json"}
+    folder itself, so that Snakemake leaves checkpoint.pt alone. protect_model: model.pt is
+    write-protected (the teachers: hours of GPU time that many students read)."""
+    model = f"{RUN}/model.pt"
+    outputs = {"model": protected(model) if protect_model else model, "summary": f"{RUN}/train.json"}
     if EVAL_IN_TRAIN:
         outputs["metrics"] = f"{RUN}/metrics.json"
     return outputs
@@ -77,12 +81,24 @@ def train_outputs():
 # runs train (then evaluate, with evaluate_in_training_job) in one process. After a successful run
 # its checkpoint.pt (optimizer state included: several times the model's size) is deleted unless
 # keep_final_checkpoints; an interrupted run keeps it.
+# Every value a shell command interpolates is quoted ({x:q}; the plan's command texts quote their
+# own values with shlex), and the schema keeps paths plain (workflow.schema.yaml#/$defs/path).
 TRAIN_SHELL = (
-    "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-    "mgd job --gpus {resources.gpu} --run-dir {params.dir} --inputs {input}{params.drop} -- "
-    "{params.commands} >> {log} 2>&1"
+    "export OMP_NUM_THREADS={threads:q} MKL_NUM_THREADS={threads:q}; "
+    "mgd job --gpus {resources.gpu:q} --run-dir {params.dir:q} --inputs {input:q}{params.drop} -- "
+    "{params.commands} >> {log:q} 2>&1"
 )
 DROP_CHECKPOINT = "" if CFG["keep_final_checkpoints"] else " --drop-checkpoint"
 
 # Shell command of the rules writing a params text to their output.
-WRITE_TEXT = "printf '%s' {params.text:q} > {output} && echo wrote {output} > {log}"
+WRITE_TEXT = "printf '%s' {params.text:q} > {output:q} && echo wrote {output:q} > {log:q}"
+
+
+def benchmark(name):
+    """A rule's benchmark file (Snakemake's wall time, memory and I/O per job), by wildcards."""
+    return f"{RES}/benchmarks/{name}.tsv"
+
+
+def cache_output(folder):
+    """A teacher cache folder as a declared output: directory(), and temp() with cache.temp."""
+    return temp(directory(folder)) if CFG["cache"]["temp"] else directory(folder)

@@ -19,17 +19,19 @@ if not EVAL_IN_TRAIN:
             dataset_yaml=lambda wc: PATHS.dataset_yaml(wc.ds),
         log:
             f"{RES}/logs/evaluate/{{ds}}/{{proto}}/{{part}}/{{run}}.log",
+        benchmark:
+            benchmark("evaluate/{ds}/{proto}/{part}/{run}")
         threads: THREADS["evaluate"]
         resources:
-            gpu=GPUS,
+            gpu=min(1, GPUS),  # one process: the other GPUs of a multi-GPU job stay free
             mem_mb=dataset_resources("evaluate_mem_mb"),
             runtime=dataset_resources("evaluate_runtime"),
         conda:
             CONDA_ENV
         shell:
-            "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-            "mgd job --gpus {resources.gpu} -- evaluate --model {input.model} "
-            "--dataset-config {params.dataset_yaml} --split val {params.options} --out {output} > {log} 2>&1"
+            "export OMP_NUM_THREADS={threads:q} MKL_NUM_THREADS={threads:q}; "
+            "mgd job --gpus {resources.gpu:q} -- evaluate --model {input.model:q} "
+            "--dataset-config {params.dataset_yaml:q} --split val {params.options} --out {output:q} > {log:q} 2>&1"
 
 
 rule complexity:
@@ -40,10 +42,12 @@ rule complexity:
         size=lambda wc: CFG["datasets"][wc.ds]["train"]["crop_size"],
     log:
         f"{RES}/logs/complexity/{{ds}}/{{backbone}}.log",
+    benchmark:
+        benchmark("complexity/{ds}/{backbone}")
     localrule: True
     threads: 1
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS=1 mgd complexity --backbone {wildcards.backbone} --size {params.size} --json "
-        "> {output} 2> {log}"
+        "OMP_NUM_THREADS=1 mgd complexity --backbone {wildcards.backbone:q} --size {params.size:q} --json "
+        "> {output:q} 2> {log:q}"

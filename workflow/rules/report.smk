@@ -1,5 +1,8 @@
 # Tables, tables.md and figures: `mgd report` (mgd/report.py) does the work; these rules hand it
 # the table specs (which metrics.json feeds each cell) written from the plan (mgd/plan/tables.py).
+# The tables (tables.html, one CSV per table) and the figures are report() outputs:
+# `snakemake --report report.html` (or report.zip) holds them with the captions of
+# workflow/report/*.rst.
 
 
 rule table_spec:
@@ -10,6 +13,8 @@ rule table_spec:
         text=lambda wc: json_text(SPECS[wc.table]),
     log:
         f"{RES}/logs/report/{{table}}_spec.log",
+    benchmark:
+        benchmark("report/{table}_spec")
     localrule: True
     conda:
         CONDA_ENV
@@ -23,32 +28,42 @@ rule table:
         spec=f"{RES}/specs/{{table}}.json",
         cells=lambda wc: PLAN.table_inputs(wc.table),
     output:
-        csv=f"{RES}/{{table}}.csv",
-        sources=f"{RES}/{{table}}.sources.csv",
+        csv=report(f"{RES}/{{table}}.csv", caption="../report/table_csv.rst", category="Tables",
+                   subcategory="CSV files", labels={"table": "{table}", "file": "values"}),
+        sources=report(f"{RES}/{{table}}.sources.csv", caption="../report/table_sources.rst", category="Tables",
+                       subcategory="CSV files", labels={"table": "{table}", "file": "sources"}),
     log:
         f"{RES}/logs/report/{{table}}.log",
+    benchmark:
+        benchmark("report/{table}")
     localrule: True
     conda:
         CONDA_ENV
     shell:
-        "mgd report table --spec {input.spec} --out {output.csv} --sources {output.sources} > {log} 2>&1"
+        "mgd report table --spec {input.spec:q} --out {output.csv:q} --sources {output.sources:q} > {log:q} 2>&1"
 
 
 rule tables_md:
-    """Every table, our numbers beside the paper's (workflow/paper_tables.yaml)."""
+    """Every table, our numbers beside the paper's (workflow/paper_tables.yaml), as Markdown and
+    as the HTML page the Snakemake report shows."""
     input:
         specs=lambda wc: [f"{RES}/specs/{name}.json" for name in SPECS],
         csvs=lambda wc: [f"{RES}/{name}.csv" for name in SPECS],
         paper=PAPER_TABLES,
     output:
-        f"{RES}/tables.md",
+        markdown=f"{RES}/tables.md",
+        html=report(f"{RES}/tables.html", caption="../report/tables.rst", category="Tables",
+                    subcategory="All tables", labels={"table": "all, beside the paper", "file": "tables.html"}),
     log:
         f"{RES}/logs/report/tables_md.log",
+    benchmark:
+        benchmark("report/tables_md")
     localrule: True
     conda:
         CONDA_ENV
     shell:
-        "mgd report markdown --spec {input.specs} --csv {input.csvs} --paper {input.paper} --out {output} > {log} 2>&1"
+        "mgd report markdown --spec {input.specs:q} --csv {input.csvs:q} --paper {input.paper:q} "
+        "--out {output.markdown:q} --html {output.html:q} > {log:q} 2>&1"
 
 
 rule fig1_tradeoff:
@@ -57,16 +72,20 @@ rule fig1_tradeoff:
         spec=lambda wc: f"{RES}/specs/{FIGURES['table']}.json",
         csv=lambda wc: f"{RES}/{FIGURES['table']}.csv",
     output:
-        f"{RES}/fig1_tradeoff.png",
+        report(f"{RES}/fig1_tradeoff.png", caption="../report/fig1.rst", category="Figures",
+               labels={"figure": "Figure 1: accuracy vs. cost"}),
     params:
         partition=lambda wc: FIGURES["partition"],
     log:
         f"{RES}/logs/report/fig1.log",
+    benchmark:
+        benchmark("report/fig1")
     localrule: True
     conda:
         CONDA_ENV
     shell:
-        "mgd report tradeoff --spec {input.spec} --csv {input.csv} --partition '{params.partition}' --out {output} > {log} 2>&1"
+        "mgd report tradeoff --spec {input.spec:q} --csv {input.csv:q} --partition {params.partition:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule fig3_partitions:
@@ -75,16 +94,20 @@ rule fig3_partitions:
         spec=lambda wc: f"{RES}/specs/{FIGURES['table']}.json",
         csv=lambda wc: f"{RES}/{FIGURES['table']}.csv",
     output:
-        f"{RES}/fig3_partitions.png",
+        report(f"{RES}/fig3_partitions.png", caption="../report/fig3.rst", category="Figures",
+               labels={"figure": "Figure 3: mIoU per partition"}),
     params:
         backbone=lambda wc: FIGURES["backbone"],
     log:
         f"{RES}/logs/report/fig3.log",
+    benchmark:
+        benchmark("report/fig3")
     localrule: True
     conda:
         CONDA_ENV
     shell:
-        "mgd report partitions --spec {input.spec} --csv {input.csv} --backbone {params.backbone} --out {output} > {log} 2>&1"
+        "mgd report partitions --spec {input.spec:q} --csv {input.csv:q} --backbone {params.backbone:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule fig4_qualitative:
@@ -93,18 +116,21 @@ rule fig4_qualitative:
         models=lambda wc: list(FIGURES["models"].values()),
         dataset=lambda wc: PLAN.dataset_inputs(FIGURES["dataset"]),
     output:
-        f"{RES}/fig4_qualitative.png",
+        report(f"{RES}/fig4_qualitative.png", caption="../report/fig4.rst", category="Figures",
+               labels={"figure": "Figure 4: predictions"}),
     params:
-        models=lambda wc: " ".join(f"--model '{label}={path}'" for label, path in FIGURES["models"].items()),
+        models=lambda wc: PLAN.figure_model_options(),
         dataset_yaml=lambda wc: PATHS.dataset_yaml(FIGURES["dataset"]),
         options=lambda wc: PLAN.evaluate_options(FIGURES["dataset"], workers=False),
         num_images=lambda wc: FIGURES["num_images"],
     log:
         f"{RES}/logs/report/fig4.log",
+    benchmark:
+        benchmark("report/fig4")
     localrule: True
     threads: 1
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} mgd report qualitative --dataset-config {params.dataset_yaml} {params.models} "
-        "--num-images {params.num_images} {params.options} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} mgd report qualitative --dataset-config {params.dataset_yaml:q} {params.models} "
+        "--num-images {params.num_images:q} {params.options} --out {output:q} > {log:q} 2>&1"

@@ -1,5 +1,5 @@
-# Datasets and partitions: generate the synthetic data, write each dataset's config slice, and
-# make (or import) one labeled/unlabeled split folder per partition.
+# Datasets and partitions: generate the synthetic data, write each dataset's config slice, check
+# every image once, and make (or import) one labeled/unlabeled split folder per partition.
 
 
 rule synth:
@@ -8,15 +8,20 @@ rule synth:
         f"{RES}/{{ds}}/data/dataset.json",
     params:
         root=lambda wc: PATHS.synth_root(wc.ds),
-        synth=lambda wc: CFG["datasets"][wc.ds]["synth"],
+        num_train=lambda wc: CFG["datasets"][wc.ds]["synth"]["num_train"],
+        num_val=lambda wc: CFG["datasets"][wc.ds]["synth"]["num_val"],
+        size=lambda wc: CFG["datasets"][wc.ds]["synth"]["size"],
+        seed=lambda wc: CFG["datasets"][wc.ds]["synth"]["seed"],
     log:
         f"{RES}/logs/synth/{{ds}}.log",
+    benchmark:
+        benchmark("synth/{ds}")
     threads: 1
     conda:
         CONDA_ENV
     shell:
-        "mgd synth --root {params.root} --num-train {params.synth[num_train]} --num-val {params.synth[num_val]} "
-        "--size {params.synth[size]} --seed {params.synth[seed]} > {log} 2>&1"
+        "mgd synth --root {params.root:q} --num-train {params.num_train:q} --num-val {params.num_val:q} "
+        "--size {params.size:q} --seed {params.seed:q} > {log:q} 2>&1"
 
 
 rule dataset_config:
@@ -27,11 +32,35 @@ rule dataset_config:
         text=lambda wc: yaml_text(PLAN.dataset_slice(wc.ds)),
     log:
         f"{RES}/logs/setup/{{ds}}_dataset_config.log",
+    benchmark:
+        benchmark("setup/{ds}_dataset_config")
     localrule: True
     conda:
         CONDA_ENV
     shell:
         WRITE_TEXT
+
+
+rule check_data:
+    """Decode and validate every image/label pair of one split (`mgd check-data`); its summary is
+    written only when all pass, and every split and training job of the dataset needs it, so a
+    corrupt or mismatched file stops the workflow before any training."""
+    input:
+        lambda wc: PLAN.dataset_inputs(wc.ds),
+    output:
+        f"{RES}/{{ds}}/checks/{{split}}.json",
+    params:
+        dataset_yaml=lambda wc: PATHS.dataset_yaml(wc.ds),
+    log:
+        f"{RES}/logs/checks/{{ds}}/{{split}}.log",
+    benchmark:
+        benchmark("checks/{ds}/{split}")
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "mgd check-data --dataset-config {params.dataset_yaml:q} --split {wildcards.split:q} --out {output:q} "
+        "> {log:q} 2>&1"
 
 
 rule split:
@@ -46,8 +75,10 @@ rule split:
         command=lambda wc: PLAN.split_command(*partition_of(wc)),
     log:
         f"{RES}/logs/splits/{{ds}}/{{proto}}/{{part}}.log",
+    benchmark:
+        benchmark("splits/{ds}/{proto}/{part}")
     threads: 1
     conda:
         CONDA_ENV
     shell:
-        "{params.command} > {log} 2>&1"
+        "{params.command} > {log:q} 2>&1"

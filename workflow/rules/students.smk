@@ -16,6 +16,8 @@ rule train_student:
         drop=DROP_CHECKPOINT,
     log:
         f"{RES}/logs/train/{{ds}}/{{proto}}/{{part}}/{{run}}.log",
+    benchmark:
+        benchmark("train/{ds}/{proto}/{part}/{run}")
     threads: THREADS["train"]
     resources:
         gpu=GPUS,

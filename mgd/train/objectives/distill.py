@@ -1,30 +1,22 @@
 """Distillation objectives with frozen CPS teachers: MGD and the KD, CWD and SKT baselines.
 
 The student runs once per step on the labeled crops concatenated with the CutMix-mixed unlabeled
-image. Teacher targets come in one of two forms (method parameter ``mixed_targets``):
-- ``teacher`` (the online default, as in the public MGD code): every teacher runs once, without
-  gradients, on the labeled crops, the two un-mixed unlabeled views and the mixed image. Pixel-level
-  targets on unlabeled data are the box-mask mix of each teacher's argmax on the two un-mixed views
-  (crop padding ignored); image-level (L_I) and region-level (L_R) targets, and the KD/CWD/SKT
-  targets, are the teachers' outputs on the mixed image itself.
-- ``views`` (what a teacher cache serves, docs/cache.md): the teachers' outputs on the labeled
-  crops and the two un-mixed views only, in the cache's storage form (``mgd.cache.ViewTargets``),
-  read from the cache (``teacher_source: cache``) or computed online. Targets on the mixed image
-  are box-mask mixes of the two views' outputs: the argmax maps (as above), the pooled logits (L_I),
-  the pooled decoder features (L_R) and the upsampled stride-4 logits (KD/CWD).
+image. Each teacher's targets (``mgd.train.teachers.TeacherTargets``) come from the teacher run
+online or from a teacher cache (``teacher_source``), on the mixed image itself or as mixes of its
+outputs on the two un-mixed views (``mixed_targets``); see ``mgd.train.teachers``. SKT's targets
+are the first teacher's backbone stages on the mixed image, always online.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgd.cache import DENSE_FIELDS, MGD_FIELDS, CacheLayout, TeacherCache, ViewTargets, reduce_outputs
-from mgd.errors import ConfigError, StaleCacheError
+from mgd.data import build_dataset
+from mgd.errors import ConfigError
 from mgd.losses import (
     cwd_loss,
     image_level_loss,
@@ -40,14 +32,8 @@ from mgd.splits import read_split
 from mgd.train.data import TrainBatch
 from mgd.train.objectives.base import Objective
 from mgd.train.objectives.semi import split_outputs, supervised_loss
-
-
-@dataclass
-class TeacherOutputs:
-    labeled: torch.Tensor  # logits on the labeled crops
-    unlabeled_pseudo: torch.Tensor | None  # CutMix-mixed argmax of the two un-mixed views
-    mixed_logits: torch.Tensor | None  # logits on the mixed image
-    mixed_feature: torch.Tensor | None  # decoder feature on the mixed image
+from mgd.train.teacher_cache import DENSE_FIELDS, MGD_FIELDS, CacheLayout, TeacherCache
+from mgd.train.teachers import CachedTeacher, OnlineTeacher, TeacherSource, TeacherTargets
 
 
 def use_batch_statistics(model: nn.Module) -> None:
@@ -71,6 +57,20 @@ def teacher_entries(params: dict, method: str) -> list[tuple[str, str, str]]:
     return entries
 
 
+def check_teacher_classes(teacher: nn.Module, path: str, key: str, num_classes: int,
+                          dataset_classes: tuple[str, ...] | None) -> None:
+    """ConfigError unless ``teacher`` predicts the dataset's classes: by name where its file records
+    them (an imported official checkpoint with another dataset's class order would distil wrong
+    targets silently), by count where it records none."""
+    if teacher.num_classes != num_classes:
+        raise ConfigError(
+            f"config key {key}: teacher {path} predicts {teacher.num_classes} classes, the dataset has {num_classes}"
+        )
+    if teacher.class_names is not None and tuple(teacher.class_names) != tuple(dataset_classes):
+        raise ConfigError(f"config key {key}: teacher {path} was trained on classes ({', '.join(teacher.class_names)}) "
+                          f"but the dataset has ({', '.join(dataset_classes)})")
+
+
 def check_cacheable(objective_cls: type[TeacherDistillation], params: dict) -> None:
     """ConfigError unless a teacher cache can serve this method with these parameters."""
     if objective_cls.uncacheable is not None:
@@ -80,32 +80,6 @@ def check_cacheable(objective_cls: type[TeacherDistillation], params: dict) -> N
     if params["teacher_bn"] != "eval":
         raise ConfigError("config key method.teacher_bn: 'train' normalises with each step's batch statistics, "
                           "which a cache cannot hold; use 'eval'")
-
-
-def targets_from_views(batch: TrainBatch, views: list[ViewTargets], dense: bool) -> TeacherOutputs:
-    """A teacher's targets from its outputs on the labeled crops and (optionally) the two un-mixed
-    views (``ViewTargets.for_losses``): hard labels and pooled maps, or with ``dense`` the logits."""
-    crop = batch.labeled_image.shape[-2:]
-
-    def upsampled(view: ViewTargets) -> torch.Tensor:
-        # the full-resolution logits, made exactly as the model's forward makes them
-        return F.interpolate(view.dense_logits, size=crop, mode="bilinear", align_corners=False)
-
-    labeled = upsampled(views[0]) if dense else views[0].argmax
-    if len(views) == 1:
-        return TeacherOutputs(labeled, None, None, None)
-    first, second = views[1:]
-    if dense:
-        return TeacherOutputs(labeled, None, batch.mix_maps(upsampled(first), upsampled(second)), None)
-    # The image-level loss only takes the spatial mean of the teacher's logits: a constant map of the
-    # mixed mean (a stride-0 view at crop size) gives it exactly without any memory.
-    mixed_mean = batch.mix_maps(first.logits, second.logits).mean((2, 3), keepdim=True)
-    return TeacherOutputs(
-        labeled,
-        batch.mix_labels(first.argmax, second.argmax),
-        mixed_mean.expand(-1, -1, *batch.unlabeled[0].image.shape[-2:]),
-        batch.mix_maps(first.feature, second.feature),
-    )
 
 
 class TeacherDistillation(Objective):
@@ -139,24 +113,20 @@ class TeacherDistillation(Objective):
             self.cache = TeacherCache.open(params["teacher_cache"])
             self.cache.check_run(read_split(cfg["data"]["split"]), cfg["data"])
             self.view_replay, self.layout = self.cache.views, self.cache.layout
-        #: cached outputs by teacher name (teacher_source "cache"); teachers are loaded otherwise
-        self.stores = {}
+        #: where each teacher's targets come from, by name; a cached teacher is never loaded
+        self.sources: dict[str, TeacherSource] = {}
+        dataset_classes = None  # the dataset's class names, read once a teacher file records names
         for name, path, key in entries:
             if from_cache:
-                self.stores[name] = self.cache.store(path, key, num_classes)
+                store = self.cache.store(path, key, num_classes, self.view_fields)
+                self.sources[name] = CachedTeacher(store, self.layout, self.view_fields)
                 continue
             teacher = load_model(path)
-            if teacher.num_classes != num_classes:
-                raise ConfigError(
-                    f"config key {key}: teacher {path} predicts {teacher.num_classes} classes, the dataset has {num_classes}"
-                )
+            if teacher.class_names is not None:
+                dataset_classes = dataset_classes or build_dataset(cfg["data"]["dataset"], "train").classes
+            check_teacher_classes(teacher, path, key, num_classes, dataset_classes)
             self.frozen[f"teacher_{name}"] = teacher
-        missing = set(self.view_fields) - set(self.cache.fields(num_classes)) if from_cache else set()
-        if missing:
-            raise StaleCacheError(
-                f"stale cache: teacher cache {self.cache.root} has no {', '.join(sorted(missing))}, which {self.name} "
-                "needs; write one with `mgd cache --dense-logits` into another method.teacher_cache folder"
-            )
+            self.sources[name] = OnlineTeacher(teacher, self.layout, self.view_fields, self.mixed_targets)
         self.trainable["student"] = self.build_student(cfg["seed"])
 
     def set_modes(self) -> None:
@@ -178,38 +148,9 @@ class TeacherDistillation(Objective):
             names.append(self.teacher_names[index])
         return names
 
-    def teacher_targets(self, name: str, batch: TrainBatch, unlabeled: bool) -> TeacherOutputs:
-        """The targets of teacher ``name`` for this step, in the form ``mixed_targets`` chooses."""
-        if self.mixed_targets == "teacher":
-            return self.run_teacher(name, batch, unlabeled)
-        return targets_from_views(batch, self.view_targets(name, batch, unlabeled), dense=self.view_fields == DENSE_FIELDS)
-
-    @torch.no_grad()
-    def view_targets(self, name: str, batch: TrainBatch, unlabeled: bool) -> list[ViewTargets]:
-        """Teacher ``name``'s outputs on the labeled crops (and the two un-mixed views), read from
-        the cache or computed, in the same storage form either way."""
-        groups = batch.view_groups(unlabeled)
-        if name in self.stores:
-            views = [self.stores[name].read(keys, images, self.view_fields) for images, keys in groups]
-        else:
-            crops = torch.cat([images for images, _ in groups])
-            views = reduce_outputs(self.teacher(name), crops, self.layout, self.view_fields).split(
-                [images.shape[0] for images, _ in groups])
-        return [view.for_losses(self.layout, self.feature_grid) for view in views]
-
-    @torch.no_grad()
-    def run_teacher(self, name: str, batch: TrainBatch, unlabeled: bool) -> TeacherOutputs:
-        labeled_count = batch.labeled_image.shape[0]
-        if not unlabeled:
-            return TeacherOutputs(self.teacher(name)(batch.labeled_image).logits, None, None, None)
-        first, second = batch.unlabeled
-        inputs = torch.cat([batch.labeled_image, first.image, second.image, batch.mixed_image()])
-        output = self.teacher(name)(inputs)
-        unlabeled_count = first.image.shape[0]
-        logits = output.logits.split([labeled_count, unlabeled_count, unlabeled_count, unlabeled_count])
-        mixed_feature = output.feature[labeled_count + 2 * unlabeled_count:]
-        pseudo = batch.mix_labels(logits[1].argmax(1), logits[2].argmax(1))
-        return TeacherOutputs(logits[0], pseudo, logits[3], mixed_feature)
+    def teacher_targets(self, name: str, batch: TrainBatch, unlabeled: bool) -> TeacherTargets:
+        """The targets of teacher ``name`` for this step, online or cached alike."""
+        return self.sources[name].targets(batch, unlabeled, self.feature_grid)
 
     def student_outputs(self, batch: TrainBatch, unlabeled: bool):
         student = self.trainable["student"]

@@ -22,7 +22,7 @@ from mgd.errors import ConfigError, SplitError
 from mgd.device import resolve_device
 from mgd.inference import add_inference_arguments, infer_logits, inference_options
 from mgd.io import ensure_writable_dir, refuse_overwriting_inputs, sha256_file, write_json_atomic
-from mgd.metrics import ConfusionMatrix
+from mgd.metrics import ConfusionMatrix, majority_baseline
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ def evaluate_model(
 
     Returns ``miou`` (fraction), ``miou_percent``, ``classes`` (in index order), ``iou``
     ({class name: fraction, None where the class occurs in neither prediction nor ground truth}),
-    ``pixel_acc``, ``mean_acc``, ``confusion_matrix`` (rows ground truth, columns prediction) and
-    ``num_images``. Under torch.distributed each process evaluates every world_size-th image and
+    ``pixel_acc``, ``mean_acc``, ``confusion_matrix`` (rows ground truth, columns prediction),
+    ``majority_baseline`` (the constant most-frequent-class predictor on the same images:
+    ``class``, ``miou``, ``miou_percent``, ``pixel_acc``) and ``num_images``. Under torch.distributed each process evaluates every world_size-th image and
     the matrices are summed, so every process returns the metrics of the whole dataset.
     """
     from mgd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
@@ -83,6 +84,7 @@ def evaluate_model(
         matrix.update(logits.argmax(dim=1), sample["mask"].to(device, non_blocking=True))
     matrix.all_reduce()
     result = matrix.compute()
+    baseline = majority_baseline(matrix.matrix)
     return {
         "miou": _none_if_nan(result["miou"]),
         "miou_percent": _none_if_nan(100 * result["miou"]),
@@ -91,6 +93,12 @@ def evaluate_model(
         "pixel_acc": _none_if_nan(result["pixel_acc"]),
         "mean_acc": _none_if_nan(result["mean_acc"]),
         "confusion_matrix": result["matrix"],
+        "majority_baseline": {
+            "class": None if baseline["class_index"] is None else dataset.classes[baseline["class_index"]],
+            "miou": _none_if_nan(baseline["miou"]),
+            "miou_percent": _none_if_nan(100 * baseline["miou"]),
+            "pixel_acc": _none_if_nan(baseline["pixel_acc"]),
+        },
         "num_images": len(dataset),
     }
 
@@ -164,6 +172,9 @@ def format_table(metrics: dict) -> str:
         lines.append(f"{name:<{width}}  {_percent(value, missing='absent')}")
     lines.append(f"{'mIoU':<{width}}  {_percent(metrics['miou'])}")
     lines.append(f"{'pixel acc':<{width}}  {_percent(metrics['pixel_acc'])}")
+    baseline = metrics.get("majority_baseline")
+    if baseline:
+        lines.append(f"constant {baseline['class']} (majority class): mIoU {_percent(baseline['miou']).strip()}")
     return "\n".join(lines)
 
 

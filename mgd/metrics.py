@@ -84,6 +84,23 @@ class ConfusionMatrix:
         }
 
 
+def majority_baseline(matrix: torch.Tensor) -> dict:
+    """Metrics of the best constant predictor of a split: every pixel labeled with the split's
+    most frequent ground-truth class (``matrix[truth, prediction]`` gives the truth counts).
+
+    Its IoU is that class's pixel share, the other classes present get IoU 0, so its mIoU is the
+    share divided by the number of classes present: the floor every trained model must clear.
+    Returns ``class_index``, ``miou`` and ``pixel_acc`` (fractions; NaN without labeled pixels).
+    """
+    truth_count = matrix.cpu().double().sum(dim=1)
+    total = truth_count.sum()
+    if total == 0:
+        return {"class_index": None, "miou": math.nan, "pixel_acc": math.nan}
+    majority = int(truth_count.argmax())
+    share = (truth_count[majority] / total).item()
+    return {"class_index": majority, "miou": share / int((truth_count > 0).sum()), "pixel_acc": share}
+
+
 def _nanmean(values: torch.Tensor) -> float:
     present = values[~values.isnan()]
     return present.mean().item() if present.numel() else math.nan

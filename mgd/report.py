@@ -88,6 +88,27 @@ def read_miou_percent(path: str | Path) -> float:
     return math.nan if value is None else float(value)
 
 
+def majority_baseline_line(spec: dict) -> str | None:
+    """A line naming, per value column, the mIoU of the constant majority-class predictor on the
+    val split its cells were evaluated on (``majority_baseline`` of their metrics.json; columns
+    sharing a split share the value). None when no cell's metrics file has it."""
+    found = {}
+    for column in spec["value_columns"]:
+        for row in spec["rows"]:
+            path = row["cells"].get(column)
+            metrics = _read_json(path, "metrics file") if path and Path(path).is_file() else {}
+            baseline = metrics.get("majority_baseline") if isinstance(metrics, dict) else None
+            if baseline and baseline.get("miou_percent") is not None:
+                found[column] = f"{_format_number(baseline['miou_percent'])} ({baseline['class']})"
+                break
+    if not found:
+        return None
+    values = set(found.values())
+    described = values.pop() if len(values) == 1 and len(found) == len(spec["value_columns"]) else ", ".join(
+        f"{column}: {value}" for column, value in found.items())
+    return f"Constant majority-class predictor on the same val images, mIoU (%): {described}."
+
+
 def read_complexity(path: str | Path) -> dict[str, float]:
     """Backbone params (M) and GMACs from ``mgd complexity --json`` output."""
     data = _read_json(path, "complexity file")
@@ -290,9 +311,14 @@ def write_markdown(spec_paths: list, csv_paths: list, paper_path: str | Path | N
     parts, sections = [f"# {TABLES_TITLE}", "", TABLES_INTRO, ""], []
     for spec, table, paper, csv_path in comparison_tables(spec_paths, csv_paths, paper_path):
         sources = Path(csv_path).with_suffix(".sources.csv")
+        baseline = majority_baseline_line(spec)
         parts.append(markdown_table(spec, table, paper))
+        sections.append(html_table(spec, table, paper))
+        if baseline:
+            parts.append(baseline + "\n")
+            sections.append(f"<p>{escape(baseline)}</p>\n")
         parts.append(f"Sources: `{sources}`.\n")
-        sections.append(html_table(spec, table, paper) + f"<p>Sources: <code>{escape(str(sources))}</code>.</p>\n")
+        sections.append(f"<p>Sources: <code>{escape(str(sources))}</code>.</p>\n")
     text = "\n".join(parts)
     write_text_atomic(out, text)
     if html_out is not None:

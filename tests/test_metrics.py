@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mgd.inference import _window_starts, infer_logits
-from mgd.metrics import ConfusionMatrix
+from mgd.metrics import ConfusionMatrix, majority_baseline
 
 IGNORE = 255
 
@@ -171,3 +171,15 @@ def test_infer_restores_training_mode_and_checks_channels():
         infer_logits(model, torch.randn(1, 3, 8, 8), num_classes=3)
     with pytest.raises(ValueError, match="window"):
         infer_logits(model, torch.randn(1, 3, 8, 8), mode="slide")
+
+
+def test_majority_baseline_is_the_best_constant_predictor() -> None:
+    target = torch.tensor([0, 0, 0, 1, 1, 2, 255])  # class 0 most frequent; 255 ignored
+    matrix = ConfusionMatrix(4)
+    matrix.update(torch.zeros(7, dtype=torch.long), target)
+    baseline = majority_baseline(matrix.matrix)
+    assert baseline["class_index"] == 0
+    assert baseline["pixel_acc"] == pytest.approx(3 / 6)
+    # IoU 3/6 for class 0 and 0 for classes 1 and 2 (class 3 is absent): mean over three classes
+    assert baseline["miou"] == pytest.approx(0.5 / 3) == pytest.approx(matrix.compute()["miou"])
+    assert math.isnan(majority_baseline(ConfusionMatrix(3).matrix)["miou"])

@@ -176,3 +176,17 @@ def test_qualitative_figure(synthetic_root, tmp_path):
                      "--model", f"MGD={model}", "--num-images", "2", "--mode", "slide", "--window", "32",
                      "--device", "cpu", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_prints_the_majority_baseline(partition_spec, tmp_path):
+    csv = tmp_path / "table1.csv"
+    write_table(partition_spec, csv)
+    assert "majority-class" not in write_markdown([partition_spec], [csv], None, tmp_path / "a.md")
+    spec = json.loads(partition_spec.read_text())
+    for column, percent in (("1/16", 4.0), ("1/8", 4.5)):
+        path = Path(spec["rows"][2]["cells"][column])
+        metrics = json.loads(path.read_text())
+        metrics["majority_baseline"] = {"class": "sky", "miou": percent / 100, "miou_percent": percent}
+        path.write_text(json.dumps(metrics))
+    text = write_markdown([partition_spec], [csv], None, tmp_path / "b.md")
+    assert "Constant majority-class predictor on the same val images, mIoU (%): 1/16: 4.00 (sky), 1/8: 4.50 (sky)." in text

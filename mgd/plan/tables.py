@@ -134,8 +134,10 @@ def table_specs(registry: Registry, paths: Paths) -> dict[str, dict]:
             ["first_teacher", "second_teacher"],
             [({"first_teacher": "T_D", "second_teacher": "none"}, "t4_TD", "T_D|none"),
              ({"first_teacher": "T_W", "second_teacher": "none"}, "t4_TW", "T_W|none"),
-             ({"first_teacher": "T_D", "second_teacher": "T_D"}, "t4_TD_TD", "T_D|T_D"),
-             ({"first_teacher": "T_W", "second_teacher": "T_W"}, "t4_TW_TW", "T_W|T_W"),
+             # the same-architecture pairs need a second (seed + 1) copy of each teacher
+             *([({"first_teacher": "T_D", "second_teacher": "T_D"}, "t4_TD_TD", "T_D|T_D"),
+                ({"first_teacher": "T_W", "second_teacher": "T_W"}, "t4_TW_TW", "T_W|T_W")]
+               if ablations["same_architecture_pairs"] else []),
              ({"first_teacher": "T_D", "second_teacher": "T_W"}, None, "T_D|T_W")],
             datasets)
     if ablations["table5"]:

@@ -16,19 +16,23 @@ def plan_of(name: str):
     return build_plan(yaml.safe_load((REPO / "config" / name).read_text()))
 
 
-def test_default_config_plans_29_runs_and_every_table():
+def test_default_config_plans_23_runs_and_every_table():
     plan = plan_of("config.yaml")
     roles = [run.role for run in plan.runs.values()]
-    # T_D and T_W at synA 1/8 and synB 1/8, plus Table 4's seed + 1 copies at synA 1/8.
-    assert roles.count("teacher") == 2 * 2 + 2
+    # T_D and T_W at synA 1/8 and synB 1/8 (Table 4 without its same-architecture pairs, so no
+    # seed + 1 copies).
+    assert roles.count("teacher") == 2 * 2
     # Tables 1 and 3: Sup, CPS, KD, MGD ResNet-18; at synA 1/8 with MobileNetV2: Table 2's Sup, CPS
-    # and MGD (Sup and MGD are also rows of Tables 5a and 4), 4 (Table 4) + 4 (Table 5a) + 1 (Table
+    # and MGD (Sup and MGD are also rows of Tables 5a and 4), 2 (Table 4) + 4 (Table 5a) + 1 (Table
     # 5b) + 1 (3x3 grid) ablation runs.
-    assert roles.count("student") == 4 + 4 + 3 + 10
+    assert roles.count("student") == 4 + 4 + 3 + 8
     assert set(plan.tables) == {"table1", "table2", "table3", "table4", "table5a", "table5b", "table6"}
     assert plan.figures and len(plan.caches) == 2  # one teacher cache per dataset x partition
     iterations = {run.role: run.optim["iterations"] for run in plan.runs.values()}
-    assert iterations == {"teacher": 100, "student": 60}
+    assert iterations == {"teacher": 100, "student": 50}
+    assert [row["keys"] for row in plan.tables["table4"]["rows"]] == [
+        {"first_teacher": "T_D", "second_teacher": "none"}, {"first_teacher": "T_W", "second_teacher": "none"},
+        {"first_teacher": "T_D", "second_teacher": "T_W"}]
 
 
 def test_grid_config_keeps_the_full_grid():

@@ -61,8 +61,8 @@ def test_smoke_plan_trains_each_shared_run_once():
     assert plan.tables["table6"]["rows"][1]["cells"]["mIoU"] == table1["MGD"]  # the 7x7 row
 
 
-def test_default_plan_counts():
-    plan = build_plan(load_workflow_config([str(REPO / "config" / "config.yaml")]))
+def test_grid_plan_counts():
+    plan = build_plan(load_workflow_config([str(REPO / "config" / "grid.yaml")]))
     roles = [run.role for run in plan.runs.values()]
     assert (roles.count("teacher"), roles.count("student")) == (28, 150)
     counts = {name: len(runs_of(plan, name)) for name in plan.tables}

@@ -28,7 +28,7 @@ done
 # the Snakemake report (self-contained HTML and zip) holds every table and figure
 for report in report.html report.zip; do
     snakemake --configfile config/smoke.yaml --config results="$RESULTS" --report "$RESULTS/$report"
-    python .ci/check_report.py "$RESULTS/$report" \
+    python3 .ci/check_report.py "$RESULTS/$report" \
         --tables table1 table2 table3 table4 table5a table5b table6 \
         --figures fig1_tradeoff fig3_partitions fig4_qualitative
 done

@@ -155,7 +155,7 @@ snakemake --profile profiles/slurm --configfile config/smoke.yaml \
     --jobs 2 --slurm-init-seconds-before-status-checks 1 --slurm-status-command squeue \
     "$MULTI_RUN/metrics.json" 2>&1 | tee "$STATE/snakemake-2gpu.log"
 test -s "$MULTI_RUN/metrics.json" || { log "missing $MULTI_RUN/metrics.json"; exit 1; }
-python - "$MULTI_RUN/train.json" <<'PY'
+python3 - "$MULTI_RUN/train.json" <<'PY'
 import json, sys
 summary = json.load(open(sys.argv[1]))
 assert summary["world_size"] == 2, f"{sys.argv[1]}: world_size {summary['world_size']}, expected 2"

@@ -363,7 +363,7 @@ def test_importable_backbones_are_the_import_commands():
 
 
 # -- config/README.md documents every key ----------------------------------------------------------
-#: placeholder of each map whose keys the user names
+#: how config/README.md names the keys of each map whose keys the user chooses (datasets.<dataset>...)
 MAP_NAMES = {"datasets": "<dataset>", "protocols": "<protocol>", "students": "<backbone>", "import": "<partition>"}
 
 

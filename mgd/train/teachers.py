@@ -15,6 +15,7 @@ parameter ``mixed_targets``, docs/cache.md):
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -65,7 +66,7 @@ def targets_from_views(batch: TrainBatch, views: list[DecodedViews], dense: bool
     )
 
 
-class TeacherSource:
+class TeacherSource(ABC):
     """A teacher's outputs on a step's views (``stored_views``) and the targets made of them."""
 
     def __init__(self, layout: CacheLayout, fields: tuple[str, ...]):
@@ -73,9 +74,9 @@ class TeacherSource:
         #: the storage fields the method's targets are made of (MGD_FIELDS or DENSE_FIELDS)
         self.fields = fields
 
+    @abstractmethod
     def stored_views(self, batch: TrainBatch, unlabeled: bool) -> list[ViewTargets]:
         """Outputs on the labeled crops (and the two un-mixed views) in storage form."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def views(self, batch: TrainBatch, unlabeled: bool, grid: int | None) -> list[DecodedViews]:

@@ -41,7 +41,8 @@ def time_method(method: str, backbone: str, args, device: torch.device) -> dict:
     cfg = {"seed": 0, "model": {"backbone": backbone, "output_stride": None, "pretrained": None},
            "method": {"name": method}}
     objective_cls = objective_class(method)
-    objective = objective_cls(cfg, method_params(cfg, objective_cls.defaults), args.num_classes, device)
+    classes = tuple(f"class{index}" for index in range(args.num_classes))
+    objective = objective_cls(cfg, method_params(cfg, objective_cls.defaults), classes, device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     for model in (*objective.trainable.values(), *objective.frozen.values()):
         model.to(device, memory_format=memory_format)

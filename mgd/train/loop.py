@@ -121,7 +121,7 @@ class Trainer:
         set_determinism(cfg["deterministic"])
         torch.manual_seed(cfg["seed"])
 
-        self.objective = self.objective_cls(cfg, params, self.num_classes, self.device)
+        self.objective = self.objective_cls(cfg, params, dataset.classes, self.device)
         for model in (*self.objective.trainable.values(), *self.objective.frozen.values()):
             model.to(self.device, memory_format=self.memory_format)
         for model in self.objective.frozen.values():

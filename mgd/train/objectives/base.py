@@ -26,10 +26,12 @@ class Objective(ABC):
     #: cached-view replay (mgd.cache) the streams must draw from, or None for fresh augmentations
     view_replay = None
 
-    def __init__(self, cfg: dict, params: dict[str, Any], num_classes: int, device: torch.device):
+    def __init__(self, cfg: dict, params: dict[str, Any], classes: tuple[str, ...], device: torch.device):
         self.cfg = cfg
         self.params = params
-        self.num_classes = num_classes
+        #: the dataset's class names (teachers that record theirs must match them)
+        self.classes = tuple(classes)
+        self.num_classes = len(self.classes)
         self.device = device
         #: models the optimiser updates, by name; the loop may wrap them (DDP)
         self.trainable: dict[str, nn.Module] = {}

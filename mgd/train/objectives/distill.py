@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgd.data import build_dataset
 from mgd.errors import ConfigError
 from mgd.losses import (
     cwd_loss,
@@ -57,15 +56,13 @@ def teacher_entries(params: dict, method: str) -> list[tuple[str, str, str]]:
     return entries
 
 
-def check_teacher_classes(teacher: nn.Module, path: str, key: str, num_classes: int,
-                          dataset_classes: tuple[str, ...] | None) -> None:
+def check_teacher_classes(teacher: nn.Module, path: str, key: str, dataset_classes: tuple[str, ...]) -> None:
     """ConfigError unless ``teacher`` predicts the dataset's classes: by name where its file records
     them (an imported official checkpoint with another dataset's class order would distil wrong
     targets silently), by count where it records none."""
-    if teacher.num_classes != num_classes:
-        raise ConfigError(
-            f"config key {key}: teacher {path} predicts {teacher.num_classes} classes, the dataset has {num_classes}"
-        )
+    if teacher.num_classes != len(dataset_classes):
+        raise ConfigError(f"config key {key}: teacher {path} predicts {teacher.num_classes} classes, "
+                          f"the dataset has {len(dataset_classes)}")
     if teacher.class_names is not None and tuple(teacher.class_names) != tuple(dataset_classes):
         raise ConfigError(f"config key {key}: teacher {path} was trained on classes ({', '.join(teacher.class_names)}) "
                           f"but the dataset has ({', '.join(dataset_classes)})")
@@ -91,8 +88,8 @@ class TeacherDistillation(Objective):
     #: the cached fields the method's targets are made of (with mixed_targets "views")
     view_fields: ClassVar[tuple[str, ...]] = MGD_FIELDS
 
-    def __init__(self, cfg, params, num_classes, device):
-        super().__init__(cfg, params, num_classes, device)
+    def __init__(self, cfg, params, classes, device):
+        super().__init__(cfg, params, classes, device)
         entries = teacher_entries(params, self.name)
         self.teacher_names = [name for name, _, _ in entries]
         from_cache = params["teacher_source"] == "cache"
@@ -115,16 +112,13 @@ class TeacherDistillation(Objective):
             self.view_replay, self.layout = self.cache.views, self.cache.layout
         #: where each teacher's targets come from, by name; a cached teacher is never loaded
         self.sources: dict[str, TeacherSource] = {}
-        dataset_classes = None  # the dataset's class names, read once a teacher file records names
         for name, path, key in entries:
             if from_cache:
-                store = self.cache.store(path, key, num_classes, self.view_fields)
+                store = self.cache.store(path, key, self.num_classes, self.view_fields)
                 self.sources[name] = CachedTeacher(store, self.layout, self.view_fields)
                 continue
             teacher = load_model(path)
-            if teacher.class_names is not None:
-                dataset_classes = dataset_classes or build_dataset(cfg["data"]["dataset"], "train").classes
-            check_teacher_classes(teacher, path, key, num_classes, dataset_classes)
+            check_teacher_classes(teacher, path, key, self.classes)
             self.frozen[f"teacher_{name}"] = teacher
             self.sources[name] = OnlineTeacher(teacher, self.layout, self.view_fields, self.mixed_targets)
         self.trainable["student"] = self.build_student(cfg["seed"])
@@ -171,8 +165,8 @@ class MultiGranularityDistillation(TeacherDistillation):
     name = "mgd"
     defaults = method_defaults("mgd")
 
-    def __init__(self, cfg, params, num_classes, device):
-        super().__init__(cfg, params, num_classes, device)
+    def __init__(self, cfg, params, classes, device):
+        super().__init__(cfg, params, classes, device)
         self.image_teachers = self._check_teacher_index("image_level_teachers", params["image_level_teachers"])
         self.region_teachers = self._check_teacher_index("region_level_teachers", params["region_level_teachers"])
         self.feature_grid = params["grid"]
@@ -287,8 +281,8 @@ class StructuredKnowledgeTransfer(TeacherDistillation):
         "fp16 for ResNet-101), too large to cache; use teacher_source: online"
     )
 
-    def __init__(self, cfg, params, num_classes, device):
-        super().__init__(cfg, params, num_classes, device)
+    def __init__(self, cfg, params, classes, device):
+        super().__init__(cfg, params, classes, device)
         student, teacher = self.trainable["student"], self.teacher(self.teacher_names[0])
         self.pairs = self._pair_stages(student, teacher)
         self.trainable["adapters"] = StageAdapters(self.pairs)

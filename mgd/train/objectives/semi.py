@@ -41,8 +41,8 @@ class Supervised(Objective):
     name = "sup"
     defaults = method_defaults("sup")
 
-    def __init__(self, cfg, params, num_classes, device):
-        super().__init__(cfg, params, num_classes, device)
+    def __init__(self, cfg, params, classes, device):
+        super().__init__(cfg, params, classes, device)
         self.trainable["student"] = self.build_student(cfg["seed"])
 
     def losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -64,8 +64,8 @@ class MeanTeacher(Objective):
     defaults = method_defaults("mt")
     unlabeled_streams = 2
 
-    def __init__(self, cfg, params, num_classes, device):
-        super().__init__(cfg, params, num_classes, device)
+    def __init__(self, cfg, params, classes, device):
+        super().__init__(cfg, params, classes, device)
         self.unlabeled_streams = 1 if params["consistency"] == "softmax_mse" else 2
         student = self.build_student(cfg["seed"])
         self.trainable["student"] = student
@@ -122,8 +122,8 @@ class CrossPseudoSupervision(Objective):
     defaults = method_defaults("cps")
     unlabeled_streams = 2
 
-    def __init__(self, cfg, params, num_classes, device):
-        super().__init__(cfg, params, num_classes, device)
+    def __init__(self, cfg, params, classes, device):
+        super().__init__(cfg, params, classes, device)
         self.trainable["student"] = self.build_student(cfg["seed"])
         self.trainable["peer"] = self.build_student(cfg["seed"] + 1_000_003)
 

@@ -96,7 +96,7 @@ class Registry:
 
     def teacher(self, ds: str, proto: str, slug: str, role: str, copy_index: int = 0,
                 ablation: str | None = None) -> TeacherRef:
-        """The CPS teacher ``role`` (TD/TW); copy 1 is Table 4's second same-architecture teacher,
+        """The teacher ``role`` (TD/TW), trained by its schedule's method (CPS unless set); copy 1 is Table 4's second same-architecture teacher,
         trained with seed + 1. Copy 0 at a partition listed in the teacher's ``checkpoints`` is
         imported from that official checkpoint instead of trained."""
         run = f"teacher_{role}" + (f"_seed{copy_index}" if copy_index else "")
@@ -108,10 +108,10 @@ class Registry:
             source = None if copy_index else sched["checkpoints"].get(partition)
             self.runs[key] = Run(
                 dataset=ds, protocol=proto, slug=slug, partition=partition, id=run, role="teacher",
-                method="cps", backbone=sched["backbone"], seed=self.config["seed"] + copy_index,
+                method=sched["method"], backbone=sched["backbone"], seed=self.config["seed"] + copy_index,
                 ablation=ablation if copy_index else None,
                 optim={} if source else schedule(self.config, sched, partition),
-                pretrained=sched["pretrained"], params=method_params(self.config, ds, "cps"),
+                pretrained=sched["pretrained"], params=method_params(self.config, ds, sched["method"]),
                 batch=batches(self.config, ds, sched), source=source,
                 branch=sched["checkpoint_branch"] if source else None,
             )

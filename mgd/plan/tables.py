@@ -56,13 +56,14 @@ def partition_table(registry: Registry, paths: Paths, name: str, ds: str, proto:
     rows = []
     for role in ("TD", "TW"):
         backbone = config["datasets"][ds]["teachers"][role]["backbone"]
+        method = config["datasets"][ds]["teachers"][role]["method"]
         cells = {part.display: paths.metrics(ds, proto, part.slug, registry.teacher(ds, proto, part.slug, role).run)
                  for part in parts}
         rows.append({
-            "keys": {"method": f"CPS ({TEACHER_ROLES[role]})", "backbone": backbone},
-            "role": "teacher", "method": "cps", "backbone": backbone,
+            "keys": {"method": f"{METHOD_LABELS[method]} ({TEACHER_ROLES[role]})", "backbone": backbone},
+            "role": "teacher", "method": method, "backbone": backbone,
             "complexity": paths.complexity(ds, backbone), "cells": cells,
-            "paper": f"CPS|{TEACHER_ROLES[role]}",
+            "paper": f"{METHOD_LABELS[method]}|{TEACHER_ROLES[role]}",
         })
     for backbone in backbones:
         for method in methods:

@@ -1,5 +1,6 @@
-# Training configs and the CPS teachers (T_D: deep, T_W: wide), one pair per dataset x partition,
-# plus Table 4's second same-architecture teachers (seed + 1) at the ablation partition.
+# Training configs and the teachers (T_D: deep, T_W: wide; CPS-trained unless a teacher sets
+# method: sup), one pair per dataset x partition, plus Table 4's second same-architecture
+# teachers (seed + 1) at the ablation partition.
 #
 # Only model.pt and train.json are declared outputs: mgd train keeps checkpoint.pt beside them,
 # so a killed job resumes from it when the same command is run again (Snakemake never deletes
@@ -25,7 +26,7 @@ rule run_config:
 
 
 rule train_teacher:
-    """CPS on a teacher backbone (ResNet-101 v1c or WRN-50-2)."""
+    """A teacher backbone (ResNet-101 v1c or WRN-50-2 in the paper) trained by CPS, or by Sup."""
     input:
         unpack(lambda wc: PLAN.run_inputs(*run_of(wc))),
     output:

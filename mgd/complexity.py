@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mgd.errors import ConfigError
+from mgd.io import write_json_atomic
 from mgd.models import build_model
 
 DEFAULT_NUM_CLASSES = 21
@@ -76,8 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backbone",
         required=True,
-        help="resnet101_v1c, wide_resnet50_2, resnet18_v1c, mobilenetv2_dilated (the paper's), "
-        "resnet18d, mobilenetv2_100 or a timm model name",
+        nargs="+",
+        help="one or more of resnet101_v1c, wide_resnet50_2, resnet18_v1c, mobilenetv2_dilated (the "
+        "paper's), resnet18d, mobilenetv2_100 or a timm model name",
     )
     parser.add_argument(
         "--size", required=True, type=_positive_int, help="side of the square input image in pixels"
@@ -88,10 +91,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_NUM_CLASSES,
         help=f"classifier outputs (default {DEFAULT_NUM_CLASSES})",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object, not a table")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per backbone and line, not a table")
+    parser.add_argument("--out-dir", type=Path, help="also write DIR/<backbone>.json for each backbone")
 
 
 def main(args: argparse.Namespace) -> int:
-    row = measure_complexity(args.backbone, args.size, args.num_classes)
-    print(json.dumps(row) if args.json else format_table([row]))
+    # every backbone is measured before anything is written: a bad name leaves no partial set
+    rows = [measure_complexity(backbone, args.size, args.num_classes) for backbone in args.backbone]
+    for row in rows if args.out_dir else ():
+        write_json_atomic(args.out_dir / f"{row['backbone']}.json", row)
+    print("\n".join(json.dumps(row) for row in rows) if args.json else format_table(rows))
     return 0

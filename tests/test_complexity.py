@@ -51,3 +51,16 @@ def test_cli_table_and_errors(capsys) -> None:
     assert "mobilenetv2_100" in table and "DeepLabv3+" in table
     assert cli_main(["complexity", "--backbone", "no_such_net", "--size", "64"]) == 2
     assert "no_such_net" in capsys.readouterr().err
+
+
+def test_cli_writes_every_backbone_or_nothing(tmp_path, capsys) -> None:
+    out = tmp_path / "complexity"
+    argv = ["complexity", "--size", "48", "--out-dir", str(out), "--json", "--backbone"]
+    assert cli_main([*argv, "resnet18d", "mobilenetv2_100"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["backbone"] for row in printed] == ["resnet18d", "mobilenetv2_100"]
+    assert {path.name for path in out.iterdir()} == {"resnet18d.json", "mobilenetv2_100.json"}
+    assert json.loads((out / "resnet18d.json").read_text()) == printed[0]
+    # a bad name anywhere in the list fails before any file is written
+    assert cli_main([*argv.copy()[:4], str(tmp_path / "bad"), "--backbone", "resnet18d", "no_such_net"]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -117,6 +117,33 @@ def test_train_configs_follow_the_precedence_of_method_params():
     assert "mgd_resnet18d_t6_grid7" in {key[3] for key in plan.runs}
 
 
+def test_teachers_train_by_their_method():
+    """CPS unless a teacher says sup; the tables label the teacher by the method that trained it."""
+    plan = build_plan(config())
+    assert plan.run("synA", "ratio", "1-4", "teacher_TD").train_config["method"]["name"] == "cps"
+    cfg = config()
+    cfg["datasets"]["synA"]["teachers"] = copy.deepcopy(cfg["datasets"]["synA"]["teachers"])
+    cfg["datasets"]["synA"]["teachers"]["TD"]["method"] = "sup"
+    plan = build_plan(cfg)
+    assert plan.run("synA", "ratio", "1-4", "teacher_TD").train_config["method"]["name"] == "sup"
+    assert "cps_weight" not in plan.run("synA", "ratio", "1-4", "teacher_TD").train_config["method"]
+    assert plan.run("synA", "ratio", "1-4", "teacher_TW").train_config["method"]["name"] == "cps"
+    teacher_rows = [row for row in plan.tables["table1"]["rows"] if row["role"] == "teacher"]
+    assert [row["keys"]["method"] for row in teacher_rows] == ["Sup (T_D)", "CPS (T_W)"]
+    assert [row["method"] for row in teacher_rows] == ["sup", "cps"]
+
+
+def test_one_complexity_job_measures_every_table_backbone():
+    plan = build_plan(config("config.yaml"))
+    listed = {path for name in plan.tables for path in plan.table_inputs(name) if "/complexity/" in path}
+    assert set(plan.complexity_files()) == listed
+    assert plan.complexity_backbones() == {"synA": ["mobilenetv2_100", "resnet18d", "resnet34d", "resnet50d"],
+                                           "synB": ["resnet18d", "resnet34d", "resnet50d"]}
+    commands = [shlex.split(command) for command in plan.complexity_commands().split(" && ")]
+    assert commands[1] == ["mgd", "complexity", "--size", "48", "--out-dir", "results/synB/complexity",
+                           "--backbone", "resnet18d", "resnet34d", "resnet50d"]
+
+
 def edit(function):
     cfg = config()
     function(cfg)
@@ -143,6 +170,7 @@ def edit(function):
     (lambda c: c.update(method_params={"mgd": {"grid": 4.0}}), "method_params.mgd.grid"),
     (lambda c: c["datasets"]["synA"]["train"].update(batch_labeled=4.0), "datasets.synA.train.batch_labeled"),
     (lambda c: c["datasets"]["synA"]["teachers"]["TD"].update(iterations=2.0), "datasets.synA.teachers.TD.iterations"),
+    (lambda c: c["datasets"]["synA"]["teachers"]["TD"].update(method="kd"), "datasets.synA.teachers.TD.method"),
 ])
 def test_bad_config_names_the_key(change, key):
     with pytest.raises(ConfigError, match=f"config key {key}[:. ]"):

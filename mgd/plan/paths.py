@@ -41,8 +41,11 @@ class Paths:
     def metrics(self, ds: str, proto: str, slug: str, run: str) -> str:
         return f"{self.run_dir(ds, proto, slug, run)}/metrics.json"
 
+    def complexity_dir(self, ds: str) -> str:
+        return f"{self.results}/{ds}/complexity"
+
     def complexity(self, ds: str, backbone: str) -> str:
-        return f"{self.results}/{ds}/complexity/{backbone}.json"
+        return f"{self.complexity_dir(ds)}/{backbone}.json"
 
     def cache_dir(self, ds: str, proto: str, slug: str, layout: str) -> str:
         return f"{self.results}/{ds}/runs/{proto}/{slug}/teacher_cache/{layout}"

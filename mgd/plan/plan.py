@@ -167,6 +167,27 @@ class Plan:
         files = [path for row in spec["rows"] for path in row["cells"].values()]
         return files + sorted({row["complexity"] for row in spec["rows"] if row.get("complexity")})
 
+    def complexity_backbones(self) -> dict[str, list[str]]:
+        """Dataset -> the backbones whose Params/GMACs (at its crop) some table lists."""
+        backbones: dict[str, set[str]] = {}
+        for spec in self.tables.values():
+            for row in spec["rows"]:
+                if row.get("complexity"):
+                    backbones.setdefault(spec["dataset"], set()).add(row["backbone"])
+        return {ds: sorted(names) for ds, names in sorted(backbones.items())}
+
+    def complexity_files(self) -> list[str]:
+        return [self.paths.complexity(ds, backbone)
+                for ds, names in self.complexity_backbones().items() for backbone in names]
+
+    def complexity_commands(self) -> str:
+        """One `mgd complexity` per dataset writing all its backbones' JSON (shell text): each
+        process is mostly its torch and timm import, so one job measures everything."""
+        return " && ".join(
+            shlex.join(["mgd", "complexity", "--size", str(self.config["datasets"][ds]["train"]["crop_size"]),
+                        "--out-dir", self.paths.complexity_dir(ds), "--backbone", *names])
+            for ds, names in self.complexity_backbones().items())
+
     def figure_model_options(self) -> str:
         """Figure 4's `--model LABEL=FILE` options (shell text)."""
         return shlex.join(word for label, path in self.figures["models"].items() for word in ("--model", f"{label}={path}"))

@@ -34,20 +34,22 @@ if not EVAL_IN_TRAIN:
             "--dataset-config {params.dataset_yaml:q} --split val {params.options} --out {output:q} > {log:q} 2>&1"
 
 
-rule complexity:
-    """Backbone parameters and GMACs at the dataset's crop (the paper's Params/FLOPs columns)."""
-    output:
-        f"{RES}/{{ds}}/complexity/{{backbone}}.json",
-    params:
-        size=lambda wc: CFG["datasets"][wc.ds]["train"]["crop_size"],
-    log:
-        f"{RES}/logs/complexity/{{ds}}/{{backbone}}.log",
-    benchmark:
-        benchmark("complexity/{ds}/{backbone}")
-    localrule: True
-    threads: 1
-    conda:
-        CONDA_ENV
-    shell:
-        "OMP_NUM_THREADS=1 mgd complexity --backbone {wildcards.backbone:q} --size {params.size:q} --json "
-        "> {output:q} 2> {log:q}"
+if PLAN.complexity_files():
+
+    rule complexity:
+        """Backbone parameters and GMACs at each dataset's crop (the paper's Params/FLOPs columns),
+        every table's backbones in one job: each `mgd complexity` is mostly its torch import."""
+        output:
+            PLAN.complexity_files(),
+        params:
+            commands=PLAN.complexity_commands(),
+        log:
+            f"{RES}/logs/complexity.log",
+        benchmark:
+            benchmark("complexity")
+        localrule: True
+        threads: 1
+        conda:
+            CONDA_ENV
+        shell:
+            "export OMP_NUM_THREADS=1; {params.commands} > {log:q} 2>&1"

@@ -52,4 +52,4 @@ if PLAN.complexity_files():
         conda:
             CONDA_ENV
         shell:
-            "export OMP_NUM_THREADS=1; {params.commands} > {log:q} 2>&1"
+            "export OMP_NUM_THREADS=1; ({params.commands}) > {log:q} 2>&1"

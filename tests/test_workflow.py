@@ -73,9 +73,13 @@ def test_smoke_dry_run_trains_each_shared_run_once(tmp_path):
 
 @pytest.mark.slow
 def test_default_dry_run(tmp_path):
+    """The default DAG's size as measured in README (8 minutes on 2 cores): it cannot grow back
+    unnoticed (tests/test_default_config.py pins its runs and schedules)."""
     counts = dry_run(results=tmp_path)
     assert counts["table"] == 7 and counts["tables_md"] == 1 and counts["fig4_qualitative"] == 1
-    assert counts["train_teacher"] > 0 and counts["train_student"] > counts["train_teacher"]
+    assert (counts["train_teacher"], counts["train_student"], counts["cache_teachers"]) == (4, 18, 2)
+    assert counts["complexity"] == 1  # every backbone of every table in one job
+    assert counts["total"] == 78
 
 
 @pytest.mark.slow

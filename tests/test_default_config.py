@@ -22,9 +22,9 @@ def test_default_config_plans_22_runs_and_every_table():
     # T_D and T_W at synA 1/8 and synB 1/8 (Table 4 without its same-architecture pairs, so no
     # seed + 1 copies).
     assert roles.count("teacher") == 2 * 2
-    # Tables 1 and 3: Sup, CPS, KD, MGD ResNet-18; at synA 1/8 with MobileNetV2: Table 2's Sup and
-    # MGD (also rows of Tables 5a and 4), 2 (Table 4) + 4 (Table 5a) + 1 (Table 5b) + 1 (3x3 grid)
-    # ablation runs.
+    # Tables 1 and 3: Sup, CPS, KD, MGD ResNet-18; Table 2's Sup and MGD MobileNetV2; at synA 1/8
+    # with ResNet-18 (Table 1's Sup and MGD runs are rows of Tables 4-6): 2 (Table 4) + 4 (Table
+    # 5a) + 1 (Table 5b) + 1 (3x3 grid) ablation runs.
     assert roles.count("student") == 4 + 4 + 2 + 8
     assert set(plan.tables) == {"table1", "table2", "table3", "table4", "table5a", "table5b", "table6"}
     assert plan.figures and len(plan.caches) == 2  # one teacher cache per dataset x partition

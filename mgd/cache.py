@@ -116,6 +116,7 @@ def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = Non
     from mgd.models import load_model
     from mgd.splits import read_split
     from mgd.train.data import AugmentedViews
+    from mgd.train.objectives.distill import check_teacher_classes
     from mgd.device import select_device
 
     params, teachers = cache_plan(cfg)
@@ -151,9 +152,7 @@ def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = Non
                 record_files(cache, hashes[name], store)
             continue
         model = load_model(path, map_location=torch_device).eval()
-        if model.num_classes != dataset.num_classes:
-            raise ConfigError(f"config key {key}: teacher {path} predicts {model.num_classes} classes, "
-                              f"the dataset has {dataset.num_classes}")
+        check_teacher_classes(model, str(path), key, tuple(dataset.classes))
         if entry is None:
             cache.manifest["teachers"][hashes[name]] = {
                 "model": str(path), "build_args": model.build_args, "num_classes": model.num_classes,

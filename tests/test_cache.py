@@ -122,6 +122,19 @@ def test_kd_from_dense_cached_logits(setup):
         Trainer(variant(setup, "kd_no_dense", name="kd", teacher_source="cache"))
 
 
+def test_cache_refuses_a_teacher_of_other_class_names(setup, tmp_path):
+    """Same class count, other order: caching it would store wrong targets, so `mgd cache` refuses it
+    by name, as the online teachers are."""
+    from mgd.data.synthetic import CLASSES
+
+    swapped = (CLASSES[1], CLASSES[0], *CLASSES[2:])
+    save_model(tmp_path / "swapped.pt", build_model("resnet18d", num_classes=len(CLASSES)), classes=swapped)
+    cfg = variant(setup, "swapped", teacher_cache=str(tmp_path / "cache"))
+    cfg["method"]["teachers"][0]["model"] = str(tmp_path / "swapped.pt")
+    with pytest.raises(ConfigError, match=r"method.teachers\[0\]: teacher .*swapped.pt was trained on classes \(ground, sky"):
+        write_cache(cfg, views=1, batch_size=4)
+
+
 def test_stale_cache_is_refused(setup, tmp_path):
     other_weights = tmp_path / "other.pt"
     torch.manual_seed(3)

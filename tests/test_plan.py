@@ -144,6 +144,20 @@ def test_one_complexity_job_measures_every_table_backbone():
                            "--backbone", "resnet18d", "resnet34d", "resnet50d"]
 
 
+def test_tables_1_and_3_may_list_their_own_methods():
+    cfg = config()
+    cfg["tables"] = {**cfg["tables"], "table1": {**cfg["tables"]["table1"], "methods": ["sup", "mgd"]},
+                     "table3": {**cfg["tables"]["table3"], "methods": ["kd"]}}
+    plan = build_plan(cfg)
+    students = {name: {row["method"] for row in plan.tables[name]["rows"] if row["role"] == "student"}
+                for name in ("table1", "table3")}
+    assert students == {"table1": {"sup", "mgd"}, "table3": {"kd"}}
+    assert list(plan.figures["models"]) == ["Sup", "MGD"]  # Figure 4 shows Table 1's methods
+    default = build_plan(config())
+    assert {row["method"] for row in default.tables["table3"]["rows"] if row["role"] == "student"} == \
+        set(default.config["student_methods"])
+
+
 def edit(function):
     cfg = config()
     function(cfg)

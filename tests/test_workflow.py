@@ -77,9 +77,9 @@ def test_default_dry_run(tmp_path):
     unnoticed (tests/test_default_config.py pins its runs and schedules)."""
     counts = dry_run(results=tmp_path)
     assert counts["table"] == 7 and counts["tables_md"] == 1 and counts["fig4_qualitative"] == 1
-    assert (counts["train_teacher"], counts["train_student"], counts["cache_teachers"]) == (4, 18, 2)
+    assert (counts["train_teacher"], counts["train_student"], counts["cache_teachers"]) == (4, 17, 2)
     assert counts["complexity"] == 1  # every backbone of every table in one job
-    assert counts["total"] == 78
+    assert counts["total"] == 76
 
 
 @pytest.mark.slow

@@ -113,13 +113,15 @@ def table_specs(registry: Registry, paths: Paths) -> dict[str, dict]:
     config = registry.config
     tables = config["tables"]
     specs = {}
+    def rows_of(name: str) -> tuple[list[str] | None, list[str] | None]:
+        """(methods, backbones) of a partition table: its own, else the student_* lists."""
+        table = tables.get(name, {})
+        return table.get("methods") or config["student_methods"], table.get("backbones") or config["student_backbones"]
+
     partition_tables = (
-        ("table1", config["student_methods"], config["student_backbones"],
-         "Table 1: teachers and students on the main dataset, mIoU (%) per partition"),
-        ("table2", tables.get("table2", {}).get("methods"), tables.get("table2", {}).get("backbones"),
-         "Table 2: few-label protocol, mIoU (%) per labeled count"),
-        ("table3", config["student_methods"], config["student_backbones"],
-         "Table 3: teachers and students on the second dataset, mIoU (%) per partition"),
+        ("table1", *rows_of("table1"), "Table 1: teachers and students on the main dataset, mIoU (%) per partition"),
+        ("table2", *rows_of("table2"), "Table 2: few-label protocol, mIoU (%) per labeled count"),
+        ("table3", *rows_of("table3"), "Table 3: teachers and students on the second dataset, mIoU (%) per partition"),
     )
     for name, methods, backbones, title in partition_tables:
         if name in tables:
@@ -195,7 +197,8 @@ def figure_spec(registry: Registry, paths: Paths) -> dict:
     backbone = figures["backbone"] or config["student_backbones"][0]
     if backbone not in config["student_backbones"]:
         raise ConfigError(f"config key tables.figures.backbone: {backbone!r} is not in student_backbones")
-    qualitative = [method for method in ("sup", "cps", "mgd") if method in config["student_methods"]]
+    methods = tables[table]["methods"] or config["student_methods"]
+    qualitative = [method for method in ("sup", "cps", "mgd") if method in methods]
     return {
         "table": table, "dataset": ds, "protocol": proto, "slug": slug,
         "partition": partition_display(config, ds, proto, slug),

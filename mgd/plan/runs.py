@@ -96,9 +96,10 @@ class Registry:
 
     def teacher(self, ds: str, proto: str, slug: str, role: str, copy_index: int = 0,
                 ablation: str | None = None) -> TeacherRef:
-        """The teacher ``role`` (TD/TW), trained by its schedule's method (CPS unless set); copy 1 is Table 4's second same-architecture teacher,
-        trained with seed + 1. Copy 0 at a partition listed in the teacher's ``checkpoints`` is
-        imported from that official checkpoint instead of trained."""
+        """The teacher ``role`` (TD/TW), trained by its schedule's method (CPS unless set); copy 1 is
+        Table 4's second same-architecture teacher, trained with seed + 1. Copy 0 at a partition
+        listed in the teacher's ``checkpoints`` is imported from that official checkpoint instead of
+        trained."""
         run = f"teacher_{role}" + (f"_seed{copy_index}" if copy_index else "")
         ref = TeacherRef(run, role + (str(copy_index + 1) if copy_index else ""))
         key = (ds, proto, slug, run)

@@ -113,7 +113,8 @@ def table_specs(registry: Registry, paths: Paths) -> dict[str, dict]:
     config = registry.config
     tables = config["tables"]
     specs = {}
-    def rows_of(name: str) -> tuple[list[str] | None, list[str] | None]:
+
+    def rows_of(name: str) -> tuple[list[str], list[str]]:
         """(methods, backbones) of a partition table: its own, else the student_* lists."""
         table = tables.get(name, {})
         return table.get("methods") or config["student_methods"], table.get("backbones") or config["student_backbones"]

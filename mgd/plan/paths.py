@@ -32,8 +32,12 @@ class Paths:
     def split_dir(self, ds: str, proto: str, slug: str) -> str:
         return f"{self.split_root(ds, proto)}/{slug}"
 
+    def partition_dir(self, ds: str, proto: str, slug: str) -> str:
+        """Every run of one dataset partition (and its teacher caches) lives below this folder."""
+        return f"{self.results}/{ds}/runs/{proto}/{slug}"
+
     def run_dir(self, ds: str, proto: str, slug: str, run: str) -> str:
-        return f"{self.results}/{ds}/runs/{proto}/{slug}/{run}"
+        return f"{self.partition_dir(ds, proto, slug)}/{run}"
 
     def model(self, ds: str, proto: str, slug: str, run: str) -> str:
         return f"{self.run_dir(ds, proto, slug, run)}/model.pt"
@@ -48,7 +52,7 @@ class Paths:
         return f"{self.complexity_dir(ds)}/{backbone}.json"
 
     def cache_dir(self, ds: str, proto: str, slug: str, layout: str) -> str:
-        return f"{self.results}/{ds}/runs/{proto}/{slug}/teacher_cache/{layout}"
+        return f"{self.partition_dir(ds, proto, slug)}/teacher_cache/{layout}"
 
     def cache_config(self, ds: str, proto: str, slug: str, layout: str) -> str:
         return f"{self.cache_dir(ds, proto, slug, layout)}.yaml"

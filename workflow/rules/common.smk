@@ -30,7 +30,9 @@ EVAL_IN_TRAIN = CFG["evaluate_in_training_job"]
 CACHE = CFG["teacher_source"] == "cache"
 SPECS = PLAN.tables
 FIGURES = PLAN.figures
-RUN = f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/{{run}}"  # a run folder, by wildcards
+# folder patterns by wildcards, from the plan's own path helpers
+RUN = PATHS.run_dir("{ds}", "{proto}", "{part}", "{run}")
+CACHE_FOLDER = PATHS.cache_dir("{ds}", "{proto}", "{part}", "{layout}")
 
 
 wildcard_constraints:

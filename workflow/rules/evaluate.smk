@@ -10,10 +10,10 @@ if not EVAL_IN_TRAIN:
         """mIoU of one run: metrics.json beside its model (the paper's protocol by default:
         sliding window of the training crop, stride 2/3 window, single scale)."""
         input:
-            model=f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/{{run}}/model.pt",
+            model=f"{RUN}/model.pt",
             dataset=lambda wc: PLAN.dataset_inputs(wc.ds),
         output:
-            f"{RES}/{{ds}}/runs/{{proto}}/{{part}}/{{run}}/metrics.json",
+            f"{RUN}/metrics.json",
         params:
             options=lambda wc: PLAN.evaluate_options(wc.ds),
             dataset_yaml=lambda wc: PATHS.dataset_yaml(wc.ds),

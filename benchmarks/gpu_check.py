@@ -38,6 +38,7 @@ import torch
 from mgd.cache import write_cache
 from mgd.data import build_dataset
 from mgd.data.synthetic import write_synthetic_dataset
+from mgd.device import DEVICES, resolve_device
 from mgd.evaluate import evaluate_model
 from mgd.models import build_model, save_model
 from mgd.splits import make_ratio_splits, write_split
@@ -119,7 +120,7 @@ class Workspace:
 def time_training(cfg: dict, args) -> dict:
     """images/s, s/it and peak memory of ``args.steps`` steps after ``args.warmup``, loss window
     collected every ``runtime.log_every`` steps as ``mgd train`` does."""
-    device = torch.device(args.device_resolved)
+    device = torch.device(args.device)
     release(device)
     trainer = Trainer(cfg)
     trainer.objective.set_modes()
@@ -148,7 +149,7 @@ def time_training(cfg: dict, args) -> dict:
 
 
 def time_evaluation(workspace: Workspace, backbone: str, args, precision: str, window_batch: int) -> dict:
-    device = torch.device(args.device_resolved)
+    device = torch.device(args.device)
     release(device)
     dataset = build_dataset({"name": "synthetic", "root": str(workspace.folder / "eval")}, "val")
     model = build_model(backbone, num_classes=NUM_CLASSES).to(device)
@@ -171,7 +172,7 @@ def time_evaluation(workspace: Workspace, backbone: str, args, precision: str, w
 
 def time_processes(workspace: Workspace, args) -> dict:
     """``mgd train`` (Sup, first student) through torchrun on 1 and on every visible GPU."""
-    gpus = torch.cuda.device_count() if args.device_resolved == "cuda" else 0
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     if gpus < 2:
         return {"skipped": f"{gpus} GPU(s) visible; 1 vs N processes needs at least 2"}
     rows = []
@@ -195,7 +196,7 @@ def time_processes(workspace: Workspace, args) -> dict:
 def loop_changes(workspace: Workspace, args) -> list[dict]:
     """Each loop change on vs off, the rest at the defaults (Sup of the first student, bf16 on CUDA)."""
     backbone = args.students[0]
-    precision = "bf16" if args.device_resolved == "cuda" else "fp32"
+    precision = "bf16" if args.device == "cuda" else "fp32"
     changes = [
         ("no per-step host sync (log_every 50 vs 1)", {"log_every": 1}, {"log_every": 50}, {}),
         ("channels_last", {"channels_last": False}, {"channels_last": True}, {}),
@@ -252,7 +253,7 @@ def print_table(report: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="CPU-sized run: crop 64, batch 2, stand-in teachers")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--teachers", nargs=2, help=f"T_D and T_W backbones (default {' '.join(TEACHERS)})")
     parser.add_argument("--students", nargs="+", help=f"student backbones (default {' '.join(STUDENTS)}; --tiny {STUDENTS[0]})")
     parser.add_argument("--crop", type=int, help="crop size (default 512; --tiny 64)")
@@ -271,8 +272,7 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, list(value) if isinstance(value, tuple) else value)
     args.compile = args.compile and not args.tiny
-    args.device_resolved = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    args.device = args.device_resolved
+    args.device = resolve_device(args.device).type
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     precisions = ("fp32", "bf16")
     started = time.perf_counter()

@@ -38,7 +38,6 @@ from mgd.train.teacher_cache import (
     MANIFEST_NAME,
     MGD_FIELDS,
     PACKED_FIELDS,
-    SCALE_FIELDS,
     VERSION,
     CacheLayout,
     CacheStore,
@@ -48,6 +47,7 @@ from mgd.train.teacher_cache import (
     library_versions,
     preprocessing_of,
     reduce_outputs,
+    stored_fields,
     weights_hash,
 )
 
@@ -117,7 +117,7 @@ def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = Non
     from mgd.splits import read_split
     from mgd.train.data import AugmentedViews
     from mgd.train.objectives.distill import check_teacher_classes
-    from mgd.device import select_device
+    from mgd.device import resolve_device
 
     params, teachers = cache_plan(cfg)
     layout_options = {name: value for name, value in (layout_options or {}).items() if value is not None}
@@ -141,7 +141,7 @@ def write_cache(cfg: dict, views: int | None = None, view_seed: int | None = Non
         raise StaleCacheError(f"stale cache: teacher cache {root} was made for {cache.manifest['num_classes']} classes, "
                               f"the dataset has {dataset.num_classes}")
 
-    torch_device = select_device(device)
+    torch_device = resolve_device(device)
     fields = cache.fields(dataset.num_classes)
     pending = []
     for name, path, key in teachers:
@@ -292,25 +292,21 @@ def projected_bytes(layout: CacheLayout, crop: int, num_classes: int) -> dict[st
 
 def measured_bytes(cache: TeacherCache) -> dict[str, float]:
     """Mean stored bytes per teacher and view by field, over the cache's teachers."""
-    stores = [cache_store(cache, entry) for entry in cache.manifest["teachers"].values()]
+    stores = [cache.store_of(entry) for entry in cache.manifest["teachers"].values()]
     return {name: sum(store.stored_bytes(name) for store in stores) / len(stores) for name in stores[0].fields}
-
-
-def cache_store(cache: TeacherCache, entry: dict) -> CacheStore:
-    return CacheStore(cache.root / entry["store"], cache.fields(entry["num_classes"]), cache.ids, cache.views.count)
 
 
 def decode_seconds(cache: TeacherCache, fields: tuple[str, ...], samples: int = 32, seed: int = 0) -> float:
     """Median seconds to read and decode one view's ``fields`` (storage form to the losses' form)
     for all of the cache's teachers, over ``samples`` random views (page cache as it is)."""
-    stores = [cache_store(cache, entry) for entry in cache.manifest["teachers"].values()]
+    stores = [cache.store_of(entry) for entry in cache.manifest["teachers"].values()]
     positions = np.random.default_rng(seed).integers(0, stores[0].total, samples)
     grid = cache.layout.feature_grids[-1]
     times = []
     for position in positions:
         start = time.perf_counter()
         for store in stores:
-            values = store.load(np.array([position]), ("thumbnail", *fields, *SCALE_FIELDS.values()))
+            values = store.load(np.array([position]), stored_fields(fields))
             ViewTargets(**{name: torch.from_numpy(value) for name, value in values.items()}).for_losses(cache.layout, grid)
         times.append(time.perf_counter() - start)
     return float(np.median(times))

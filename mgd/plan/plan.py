@@ -149,9 +149,6 @@ class Plan:
     def cache_dir(self, ds: str, proto: str, slug: str) -> str:
         return self.paths.cache_dir(ds, proto, slug, self.cache_layout(ds, proto, slug).name)
 
-    def cache_partial(self, ds: str, proto: str, slug: str) -> str:
-        return self.paths.cache_partial(ds, proto, slug, self.cache_layout(ds, proto, slug).name)
-
     def cache_options(self, ds: str, proto: str, slug: str) -> str:
         """`mgd cache` options of one partition's cache (shell text)."""
         layout, options = self.cache_layout(ds, proto, slug), self.config["cache"]

@@ -107,22 +107,24 @@ def ablation_table(registry: Registry, paths: Paths, name: str, title: str, key_
     }
 
 
+def rows_of(config: dict, name: str) -> tuple[list[str], list[str]]:
+    """(methods, backbones) of partition table ``name``: its own, else the student_* lists."""
+    table = config["tables"].get(name, {})
+    return table.get("methods") or config["student_methods"], table.get("backbones") or config["student_backbones"]
+
+
 def table_specs(registry: Registry, paths: Paths) -> dict[str, dict]:
     """Every configured table's spec, by name, its runs registered (Tables 1-3 first, so that the
     ablations reuse their runs)."""
     config = registry.config
     tables = config["tables"]
     specs = {}
-
-    def rows_of(name: str) -> tuple[list[str], list[str]]:
-        """(methods, backbones) of a partition table: its own, else the student_* lists."""
-        table = tables.get(name, {})
-        return table.get("methods") or config["student_methods"], table.get("backbones") or config["student_backbones"]
-
     partition_tables = (
-        ("table1", *rows_of("table1"), "Table 1: teachers and students on the main dataset, mIoU (%) per partition"),
-        ("table2", *rows_of("table2"), "Table 2: few-label protocol, mIoU (%) per labeled count"),
-        ("table3", *rows_of("table3"), "Table 3: teachers and students on the second dataset, mIoU (%) per partition"),
+        ("table1", *rows_of(config, "table1"),
+         "Table 1: teachers and students on the main dataset, mIoU (%) per partition"),
+        ("table2", *rows_of(config, "table2"), "Table 2: few-label protocol, mIoU (%) per labeled count"),
+        ("table3", *rows_of(config, "table3"),
+         "Table 3: teachers and students on the second dataset, mIoU (%) per partition"),
     )
     for name, methods, backbones, title in partition_tables:
         if name in tables:
@@ -198,7 +200,7 @@ def figure_spec(registry: Registry, paths: Paths) -> dict:
     backbone = figures["backbone"] or config["student_backbones"][0]
     if backbone not in config["student_backbones"]:
         raise ConfigError(f"config key tables.figures.backbone: {backbone!r} is not in student_backbones")
-    methods = tables[table]["methods"] or config["student_methods"]
+    methods, _ = rows_of(config, table)
     qualitative = [method for method in ("sup", "cps", "mgd") if method in methods]
     return {
         "table": table, "dataset": ds, "protocol": proto, "slug": slug,

@@ -185,18 +185,18 @@ class TrainBatch:
         def chunks(tensor: torch.Tensor | None) -> list:
             return [None] * parts if tensor is None else list(tensor.chunk(parts))
 
-        def key_chunks(keys: ViewKeys | None, count: int) -> list:
-            step = count // parts
+        def key_chunks(keys: ViewKeys | None) -> list:
+            step = 0 if keys is None else len(keys.ids) // parts
             return [None] * parts if keys is None else [
                 ViewKeys(keys.ids[i * step:(i + 1) * step], keys.views[i * step:(i + 1) * step]) for i in range(parts)]
 
-        views = [list(zip(chunks(view.image), chunks(view.valid), key_chunks(view.keys, view.image.shape[0]), strict=True))
+        views = [list(zip(chunks(view.image), chunks(view.valid), key_chunks(view.keys), strict=True))
                  for view in self.unlabeled]
         return [
             TrainBatch(self.iteration, image, mask, [UnlabeledView(*view[index]) for view in views], cutmix, keys)
             for index, (image, mask, cutmix, keys) in enumerate(zip(
                 chunks(self.labeled_image), chunks(self.labeled_mask), chunks(self.cutmix_mask),
-                key_chunks(self.labeled_keys, self.labeled_image.shape[0]), strict=True))
+                key_chunks(self.labeled_keys), strict=True))
         ]
 
     def view_groups(self, unlabeled: bool) -> list[tuple[torch.Tensor, ViewKeys | None]]:

@@ -283,16 +283,16 @@ class CacheStore:
             self.arrays[name] = self._load(self.array_path(name), "r")
         return self.arrays[name]
 
-    def read(self, keys: ViewKeys, images: torch.Tensor, fields: tuple[str, ...]) -> ViewTargets:
-        """The cached ``fields`` of the views ``keys`` on ``images``' device, after checking that
-        ``images`` are the crops the cache was made on."""
+    def read(self, keys: ViewKeys, images: torch.Tensor, fields: tuple[str, ...], check_replay: bool = True) -> ViewTargets:
+        """The cached ``fields`` of the views ``keys`` on ``images``' device, after checking (with
+        ``check_replay``) that ``images`` are the crops the cache was made on."""
         if min(keys.views) < 0:
             raise ValueError("CacheStore.read: a freshly augmented view has no cached outputs")
         positions = np.array([self.rows[image_id] for image_id in keys.ids]) * self.views + np.array(keys.views)
         values = {name: torch.from_numpy(value).to(images.device)
                   for name, value in self.load(positions, stored_fields(fields)).items()}
-        difference = (thumbnail(images) - values["thumbnail"]).abs().flatten(1).amax(1)
-        if (difference > THUMBNAIL_TOLERANCE).any():
+        difference = (thumbnail(images) - values["thumbnail"]).abs().flatten(1).amax(1) if check_replay else None
+        if difference is not None and (difference > THUMBNAIL_TOLERANCE).any():
             index = int((difference > THUMBNAIL_TOLERANCE).nonzero()[0])
             raise StaleCacheError(
                 f"stale cache: teacher cache {self.folder}: view {keys.views[index]} of image {keys.ids[index]} is "
@@ -466,6 +466,10 @@ class TeacherCache:
     def fields(self, num_classes: int) -> dict[str, tuple[str, tuple[int, ...]]]:
         return self.layout.fields(self.manifest["preprocessing"]["crop_size"], num_classes)
 
+    def store_of(self, entry: dict) -> CacheStore:
+        """The store of one manifest teacher entry, unchecked."""
+        return CacheStore(self.root / entry["store"], self.fields(entry["num_classes"]), self.ids, self.views.count)
+
     def store(self, model_path: str | Path, key: str, num_classes: int, fields: tuple[str, ...] = MGD_FIELDS) -> CacheStore:
         """The complete store of the teacher whose model file is ``model_path`` (config key ``key``),
         its files of ``fields`` checked against the sizes and hashes recorded when it was written."""
@@ -480,7 +484,7 @@ class TeacherCache:
         if entry["num_classes"] != num_classes:
             raise ConfigError(f"config key {key}: teacher {model_path} predicts {entry['num_classes']} classes, "
                               f"the dataset has {num_classes}")
-        store = CacheStore(self.root / entry["store"], self.fields(num_classes), self.ids, self.views.count)
+        store = self.store_of(entry)
         if not store.complete or "files" not in entry:
             raise StaleCacheError(
                 f"stale cache: teacher cache {store.folder} is incomplete ({store.views_done} of {store.total} views); "

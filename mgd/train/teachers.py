@@ -90,12 +90,15 @@ class TeacherSource(ABC):
 class CachedTeacher(TeacherSource):
     """A teacher's outputs read from its store in a teacher cache; no model is loaded."""
 
-    def __init__(self, store: CacheStore, layout: CacheLayout, fields: tuple[str, ...]):
+    def __init__(self, store: CacheStore, layout: CacheLayout, fields: tuple[str, ...], check_replay: bool = True):
         super().__init__(layout, fields)
         self.store = store
+        # every store of a cache holds the same views: one teacher's replay check covers them all
+        self.check_replay = check_replay
 
     def stored_views(self, batch: TrainBatch, unlabeled: bool) -> list[ViewTargets]:
-        return [self.store.read(keys, images, self.fields) for images, keys in batch.view_groups(unlabeled)]
+        return [self.store.read(keys, images, self.fields, check_replay=self.check_replay)
+                for images, keys in batch.view_groups(unlabeled)]
 
 
 class OnlineTeacher(TeacherSource):

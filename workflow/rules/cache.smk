@@ -15,7 +15,7 @@ if CACHE:
     rule cache_config:
         """The config `mgd cache` reads: the partition's data settings and all its teachers."""
         output:
-            f"{CACHE_FOLDER}.yaml",
+            CACHE_CONFIG,
         params:
             text=lambda wc: yaml_text(PLAN.cache_configs[partition_of(wc)]),
         log:
@@ -31,8 +31,8 @@ if CACHE:
     rule cache_teachers:
         """Teacher outputs on the cached views, for every cached student of the partition."""
         input:
-            config=f"{CACHE_FOLDER}.yaml",
-            split=f"{RES}/{{ds}}/splits/{{proto}}/{{part}}/split.json",
+            config=CACHE_CONFIG,
+            split=f"{SPLIT_DIR}/split.json",
             dataset=lambda wc: PLAN.dataset_inputs(wc.ds),
             checks=lambda wc: PLAN.dataset_checks(wc.ds),
             teachers=lambda wc: [PATHS.model(*partition_of(wc), ref.run) for ref in PLAN.cache_layout(*partition_of(wc)).teachers],
@@ -40,7 +40,7 @@ if CACHE:
             cache_output(CACHE_FOLDER),
         params:
             options=lambda wc: PLAN.cache_options(*partition_of(wc)),
-            partial=lambda wc: PLAN.cache_partial(*partition_of(wc)),
+            partial=CACHE_PARTIAL,
         log:
             f"{RES}/logs/cache/{{ds}}/{{proto}}/{{part}}/{{layout}}.log",
         benchmark:

@@ -33,6 +33,9 @@ FIGURES = PLAN.figures
 # folder patterns by wildcards, from the plan's own path helpers
 RUN = PATHS.run_dir("{ds}", "{proto}", "{part}", "{run}")
 CACHE_FOLDER = PATHS.cache_dir("{ds}", "{proto}", "{part}", "{layout}")
+CACHE_CONFIG = PATHS.cache_config("{ds}", "{proto}", "{part}", "{layout}")
+CACHE_PARTIAL = PATHS.cache_partial("{ds}", "{proto}", "{part}", "{layout}")
+SPLIT_DIR = PATHS.split_dir("{ds}", "{proto}", "{part}")
 
 
 wildcard_constraints:

@@ -34,13 +34,15 @@ if not EVAL_IN_TRAIN:
             "--dataset-config {params.dataset_yaml:q} --split val {params.options} --out {output:q} > {log:q} 2>&1"
 
 
-if PLAN.complexity_files():
+COMPLEXITY_FILES = PLAN.complexity_files()
+
+if COMPLEXITY_FILES:
 
     rule complexity:
         """Backbone parameters and GMACs at each dataset's crop (the paper's Params/FLOPs columns),
         every table's backbones in one job: each `mgd complexity` is mostly its torch import."""
         output:
-            PLAN.complexity_files(),
+            COMPLEXITY_FILES,
         params:
             commands=PLAN.complexity_commands(),
         log:

@@ -68,9 +68,9 @@ rule split:
     input:
         lambda wc: PLAN.split_inputs(*partition_of(wc)),
     output:
-        f"{RES}/{{ds}}/splits/{{proto}}/{{part}}/split.json",
-        f"{RES}/{{ds}}/splits/{{proto}}/{{part}}/labeled.txt",
-        f"{RES}/{{ds}}/splits/{{proto}}/{{part}}/unlabeled.txt",
+        f"{SPLIT_DIR}/split.json",
+        f"{SPLIT_DIR}/labeled.txt",
+        f"{SPLIT_DIR}/unlabeled.txt",
     params:
         command=lambda wc: PLAN.split_command(*partition_of(wc)),
     log:

@@ -115,7 +115,7 @@ class TeacherDistillation(Objective):
         for name, path, key in entries:
             if from_cache:
                 store = self.cache.store(path, key, self.num_classes, self.view_fields)
-                self.sources[name] = CachedTeacher(store, self.layout, self.view_fields)
+                self.sources[name] = CachedTeacher(store, self.layout, self.view_fields, check_replay=not self.sources)
                 continue
             teacher = load_model(path)
             check_teacher_classes(teacher, path, key, self.classes)

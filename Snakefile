@@ -21,18 +21,18 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-
 include: "workflow/rules/common.smk"
 
 
 report: "workflow/report/workflow.rst"
 
 
+# The first rule, so the default target (snakefmt 2.1 would move a `default_target: True` above the
+# docstring, where snakefmt itself then fails to parse the file).
 rule all:
     """Every table, tables.md and every figure the config asks for."""
     input:
         PLAN.final_targets(),
-    default_target: True
 
 
 include: "workflow/rules/splits.smk"

@@ -1,7 +1,9 @@
 """Check a Snakemake report (report.html or report.zip) of the MGD workflow: it holds every named
-table's CSV and sources CSV, tables.html with each table's title, and every named figure.
+table's CSV and sources CSV, tables.html with each table's title, every named per-class table
+(CSV and sources CSV, its section in tables.html) and every named figure.
 
-    python .ci/check_report.py REPORT --tables table1 table2 ... --figures fig1_tradeoff ...
+    python .ci/check_report.py REPORT --tables table1 table2 ... --class-tables table1 table3 \
+        --figures fig1_tradeoff ...
 
 Prints one line per problem and exits 1 when there is any, else prints a summary and exits 0.
 """
@@ -28,9 +30,10 @@ def report_files(path: Path) -> dict[str, bytes]:
     return {urllib.parse.unquote(name): base64.b64decode(data) for name, data in DATA_URI.findall(text)}
 
 
-def problems(files: dict[str, bytes], tables: list[str], figures: list[str]) -> list[str]:
+def problems(files: dict[str, bytes], tables: list[str], figures: list[str],
+             class_tables: tuple[str, ...] = ()) -> list[str]:
     found = []
-    for table in tables:
+    for table in [*tables, *(f"{name}_classes" for name in class_tables)]:
         for name in (f"{table}.csv", f"{table}.sources.csv"):
             if not files.get(name):
                 found.append(f"missing or empty: {name}")
@@ -41,6 +44,10 @@ def problems(files: dict[str, bytes], tables: list[str], figures: list[str]) -> 
         number = table.removeprefix("table")
         if page and f"<h3>Table {number}:" not in page:
             found.append(f"tables.html has no section 'Table {number}:'")
+    for table in class_tables:
+        number = table.removeprefix("table")
+        if page and f"<h3>Table {number} per class:" not in page:
+            found.append(f"tables.html has no section 'Table {number} per class:'")
     for figure in figures:
         if not files.get(f"{figure}.png", b"").startswith(b"\x89PNG"):
             found.append(f"missing or not a PNG: {figure}.png")
@@ -52,13 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("report", type=Path)
     parser.add_argument("--tables", nargs="*", default=[])
     parser.add_argument("--figures", nargs="*", default=[])
+    parser.add_argument("--class-tables", nargs="*", default=[], help="tables whose per-class table the report holds")
     args = parser.parse_args(argv)
     files = report_files(args.report)
-    found = problems(files, args.tables, args.figures)
+    found = problems(files, args.tables, args.figures, args.class_tables)
     for problem in found:
         print(f"{args.report}: {problem}", file=sys.stderr)
     if not found:
-        print(f"{args.report}: {len(args.tables)} tables, tables.html and {len(args.figures)} figures present "
+        print(f"{args.report}: {len(args.tables)} tables, {len(args.class_tables)} per-class tables, tables.html "
+              f"and {len(args.figures)} figures present "
               f"({len(files)} files)")
     return 1 if found else 0
 

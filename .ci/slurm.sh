@@ -2,7 +2,8 @@
 # CI: run part of the smoke DAG through profiles/slurm on a real single-node SLURM on localhost,
 # then one 2-GPU training job (gpus_per_job=2: sbatch --gpus=2, `mgd job` runs torchrun with 2
 # processes; the node's two "GPUs" are a GRES backed by copies of /dev/null, so the processes use
-# gloo on the CPU, standing in for NCCL on real GPUs).
+# gloo on the CPU, standing in for NCCL on real GPUs), then one training job longer than its time
+# limit (slurm_max_runtime=1: SLURM signals it, it checkpoints, its retries resume it).
 #
 # Installs slurm-wlm and munge with apt (root, no systemd), writes a one-node slurm.conf, starts
 # munged, slurmctld and slurmd, runs a small smoke target with the slurm executor
@@ -162,4 +163,53 @@ assert summary["world_size"] == 2, f"{sys.argv[1]}: world_size {summary['world_s
 PY
 grep -q "mgd job: 2 processes" "$MULTI/logs/train/synA/ratio/1-4/sup_resnet18d.log" \
     || { log "the training job did not start 2 processes"; exit 1; }
+
+# -- a training job longer than its time limit --------------------------------------------------
+# slurm_max_runtime=1: the job asks SLURM for 1 minute (its limit; SLURM counts minutes) and the
+# run (1000 iterations, ~200 s of CPU here) needs longer: two or more allocations on any machine
+# that SLURM lets run for 60-90 s each. No signal lead here (slurm_extra=''):
+# the profile's 120 s would come before a 1-minute job starts, and slurmctld checks limits only
+# every 30 s, so a short lead leaves a 1-minute job almost nothing after its start-up. SLURM's
+# own SIGTERM at the limit (60-90 s after the start, KillWait 30 s before SIGKILL) is the same
+# signal to the same processes. `mgd train` finishes its step, checkpoints and exits 75; the
+# rule's retries (one per allocation its run needs) resume it until it completes. No periodic
+# checkpoint (checkpoint_every 2000): a resume can only start from a stop's own.
+WALL="$RESULTS-walltime"
+WALL_RUN="$WALL/synA/runs/ratio/1-4/sup_resnet18d"
+cat > "$STATE/walltime.yaml" <<EOF
+slurm_max_runtime: 1
+iterations_scale: 500
+# retries = student_runtime / slurm_max_runtime: room for 30 allocations on a loaded machine
+datasets: {synA: {resources: {student_runtime: 30}}}
+runtime: {checkpoint_every: 2000, log_every: 1, tensorboard: false}
+EOF
+log "running $WALL_RUN (1000 iterations) as 1-minute SLURM jobs"
+start=$(date +%s)
+snakemake --profile profiles/slurm --configfile config/smoke.yaml "$STATE/walltime.yaml" \
+    --config gpus_per_job=0 results="$WALL" \
+    --slurm-no-account --default-resources slurm_partition=main mem_mb=2000 runtime=10 "slurm_extra=''" \
+    --jobs 1 --slurm-init-seconds-before-status-checks 1 --slurm-status-command squeue \
+    "$WALL_RUN/metrics.json" 2>&1 | tee "$STATE/snakemake-walltime.log"
+log "walltime run finished in $(( $(date +%s) - start )) s"
+test -s "$WALL_RUN/metrics.json" || { log "missing $WALL_RUN/metrics.json"; exit 1; }
+# Snakemake deletes a failed job's log before its retry; the plugin keeps the SLURM logs of the
+# failed jobs: there SLURM says each ended at its time limit. train.json lists the iterations the
+# run resumed at, one per allocation after the first.
+SLURM_LOGS=.snakemake/slurm_logs/rule_train_student/synA_ratio_1-4_sup_resnet18d
+grep -h "DUE TO TIME LIMIT" "$SLURM_LOGS"/*.log || true
+python3 - "$WALL_RUN/log.csv" "$WALL_RUN/train.json" "$SLURM_LOGS" <<'PY'
+import csv, json, pathlib, re, sys
+iterations = [int(row["iteration"]) for row in csv.DictReader(open(sys.argv[1]))]
+assert iterations == list(range(1, 1001)), f"{sys.argv[1]}: iterations not 1..1000 once each"
+limited = [job.name for job in sorted(pathlib.Path(sys.argv[3]).glob("*.log"))
+           if re.search(r"JOB \d+ ON \S+ CANCELLED AT \S+ DUE TO TIME LIMIT", job.read_text())]
+assert limited, f"{sys.argv[3]}: no training job reached its time limit (the run fit in one minute?)"
+resumed = json.load(open(sys.argv[2]))["resumed_at"]
+# No periodic checkpoint (checkpoint_every 2000): a resume mid-run starts from a stop's own. A
+# limit that falls after the last iteration (in the evaluation) resumes at 1000: that alone
+# does not count.
+assert any(0 < i < 1000 for i in resumed), f"{sys.argv[2]}: no allocation resumed mid-run (resumed_at {resumed})"
+print(f"[slurm.sh] walltime: {len(limited)} SLURM jobs ended at their time limit ({', '.join(limited)}), "
+      f"the run resumed at iterations {resumed}; log.csv holds iterations 1-1000 once each")
+PY
 log "ok"

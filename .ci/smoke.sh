@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CI: lint the workflow, then run the whole smoke DAG (every table and figure) on 2 cores, then
-# build the Snakemake report and check it holds every table and figure.
+# CI: lint the code (ruff), the rule files (snakefmt) and the workflow, then run the whole smoke
+# DAG (every table and figure) on 2 cores, then build the Snakemake report and check it holds
+# every table and figure.
 #
 #   .ci/smoke.sh            # results in results/smoke (removed first)
 # Measured here: about 8 minutes on a shared 2-core VM (see docs/workflow.md).
@@ -8,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
+echo "[smoke.sh] ruff check, snakefmt --check (pinned in constraints.txt, configured in pyproject.toml)"
+ruff check mgd tests benchmarks
+snakefmt --check Snakefile workflow/rules
 echo "[smoke.sh] snakemake --lint (default and smoke configs)"
 snakemake --lint
 snakemake --lint --configfile config/smoke.yaml
@@ -25,12 +29,21 @@ done
 for file in tables.md fig1_tradeoff.png fig3_partitions.png fig4_qualitative.png; do
     test -s "$RESULTS/$file"
 done
+# the per-class tables and confusion figures (one per dataset), every table's training curves
+for name in table1 table3; do
+    test -s "$RESULTS/${name}_classes.csv" && test -s "$RESULTS/${name}_classes.sources.csv"
+    test -s "$RESULTS/${name}_confusion.png"
+done
+for name in table1 table2 table3 table4 table5a table5b table6; do
+    test -s "$RESULTS/${name}_curves.png"
+done
 # the Snakemake report (self-contained HTML and zip) holds every table and figure
 for report in report.html report.zip; do
     snakemake --configfile config/smoke.yaml --config results="$RESULTS" --report "$RESULTS/$report"
     python3 .ci/check_report.py "$RESULTS/$report" \
-        --tables table1 table2 table3 table4 table5a table5b table6 \
-        --figures fig1_tradeoff fig3_partitions fig4_qualitative
+        --tables table1 table2 table3 table4 table5a table5b table6 --class-tables table1 table3 \
+        --figures fig1_tradeoff fig3_partitions fig4_qualitative table1_confusion table3_confusion \
+        table1_curves table2_curves table3_curves table4_curves table5a_curves table5b_curves table6_curves
 done
 # a second run has nothing left to do
 snakemake --cores 2 --configfile config/smoke.yaml --config results="$RESULTS" -n 2>&1 | grep -q "Nothing to be done"

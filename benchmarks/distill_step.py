@@ -1,13 +1,16 @@
-"""Online vs cached teachers: seconds per MGD distillation step with the paper's teachers.
+"""Online vs cached teachers, separate vs joint student forwards: seconds per MGD distillation step
+with the paper's teachers.
 
     python benchmarks/distill_step.py --student resnet18d --crop 256 --json
     python benchmarks/distill_step.py --student mobilenetv2_100 --crop 256 --json
 
-Both runs take `mgd train` steps (``Trainer.step``: student forward, losses, backward, SGD) of the
+Each teacher source runs with ``method.forward: separate`` (the student by itself on the two
+un-mixed views without gradients, the mixed image and the labeled crops, as the public code) and
+``joint`` (one student forward on labeled + mixed). All runs take `mgd train` steps (``Trainer.step``: student forward, losses, backward, SGD) of the
 same student on the same batches (the cache's replayed views and the same CutMix boxes) at the
 same crop on this machine. The online run executes ResNet-101 v1c (T_D) and WRN-50-2 (T_W) on the
 labeled crops, both un-mixed views and the mixed image, as the public code does; the cached run
-reads their outputs from a teacher cache written beforehand by ``mgd.cache.write_cache`` (opening
+reads their outputs from a teacher cache written beforehand by ``mgd.teachers.caching.write_cache`` (opening
 it checks every file's sha256: timed separately as ``verify_s``). Teachers
 are randomly initialised (timing only) and live with a synthetic dataset in a scratch folder. The
 timed iterations alternate between the two runs so that background load hits both alike; medians
@@ -26,19 +29,22 @@ from pathlib import Path
 
 import torch
 
-from mgd.cache import decode_seconds, measured_bytes, write_cache
 from mgd.data import build_dataset
 from mgd.data.synthetic import write_synthetic_dataset
 from mgd.models import build_model, save_model
 from mgd.splits import make_ratio_splits, write_split
+from mgd.teachers.caching import cache_config_for_run, write_cache
+from mgd.teachers.sizes import decode_seconds, measured_bytes
+from mgd.teachers.storage import MGD_FIELDS, TeacherCache, stored_fields
 from mgd.train.config import validate_config
 from mgd.train.loop import Trainer
-from mgd.train.teacher_cache import MGD_FIELDS, TeacherCache, stored_fields
 
 TEACHERS = (("TD", "resnet101_v1c"), ("TW", "wide_resnet50_2"))
 # (lambda_image, lambda_region) of the paper per student
 LAMBDAS = {"resnet18d": (0.002, 100.0), "mobilenetv2_100": (0.0005, 50.0)}
 NUM_CLASSES = 9  # the synthetic dataset's
+SOURCES = ("online", "cache")  # method.teacher_source
+FORWARDS = ("separate", "joint")  # method.forward
 
 
 def prepare(folder: Path, student: str, crop: int, batch: int) -> dict:
@@ -63,7 +69,7 @@ def prepare(folder: Path, student: str, crop: int, batch: int) -> dict:
         "optim": {"lr": 0.0025, "iterations": 1000},
         "runtime": {"device": "cpu", "tensorboard": False},
     })
-    write_cache(cfg, views=1, batch_size=batch, device="cpu")
+    write_cache(cache_config_for_run(cfg, views={"count": 1}, batch_size=batch, device="cpu"))
     return cfg
 
 
@@ -80,21 +86,24 @@ def timed(function, seconds: list[float]):
 def benchmark(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="mgd-distill-bench-") as scratch:
         cfg = prepare(Path(scratch), args.student, args.crop, args.batch)
-        cached_cfg = {**cfg, "output_dir": str(Path(scratch) / "cached"),
-                      "method": {**cfg["method"], "teacher_source": "cache"}}
-        online = Trainer(cfg)
-        start = time.perf_counter()
-        trainers = {"online": online, "cached": Trainer(cached_cfg)}
-        open_seconds = time.perf_counter() - start
+        trainers, open_seconds = {}, 0.0
+        for source in SOURCES:
+            for forward in FORWARDS:
+                run_cfg = {**cfg, "output_dir": str(Path(scratch) / f"{source}_{forward}"),
+                           "method": {**cfg["method"], "teacher_source": source, "forward": forward}}
+                start = time.perf_counter()
+                trainers[f"{source}_{forward}"] = Trainer(run_cfg)
+                if source == "cache":
+                    open_seconds = time.perf_counter() - start
         cache = TeacherCache.open(cfg["method"]["teacher_cache"])
         start = time.perf_counter()
         entries = {record["store"]: record for record in cache.manifest["teachers"].values()}
-        for source in trainers["cached"].objective.sources.values():
+        for source in trainers[f"cache_{FORWARDS[0]}"].objective.teachers.sources.values():
             source.store.verify(entries[source.store.folder.name]["files"], stored_fields(MGD_FIELDS))
         verify_seconds = time.perf_counter() - start
         cache_bytes = measured_bytes(cache)
         decode = decode_seconds(cache, MGD_FIELDS)
-        batches = trainers["cached"].batches()
+        batches = trainers[f"cache_{FORWARDS[0]}"].batches()
         steps = [next(batches) for _ in range(args.warmup + args.iterations)]
         phases = {label: defaultdict(list) for label in trainers}
         for label, trainer in trainers.items():
@@ -125,7 +134,10 @@ def benchmark(args) -> dict:
             "student_forward_and_losses": statistics.median(loss - target for loss, target in zip(losses, targets)),
             "backward_and_sgd": statistics.median(total - loss for total, loss in zip(step, losses)),
         }
-    result["speedup"] = result["online_s_per_it"] / result["cached_s_per_it"]
+    for forward in FORWARDS:
+        result[f"cache_speedup_{forward}"] = result[f"online_{forward}_s_per_it"] / result[f"cache_{forward}_s_per_it"]
+    for source in SOURCES:
+        result[f"joint_speedup_{source}"] = result[f"{source}_separate_s_per_it"] / result[f"{source}_joint_s_per_it"]
     return result
 
 
@@ -139,13 +151,17 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print the result as JSON")
     args = parser.parse_args()
     result = benchmark(args)
-    print(f"{'run':<7} {'s/it':>8} {'teachers':>9} {'student fwd+loss':>17} {'bwd+SGD':>8}   "
+    print(f"{'teachers':<8} {'forward':<9} {'s/it':>8} {'teachers':>9} {'student fwd+loss':>17} {'bwd+SGD':>8}   "
           f"({result['student']}, crop {result['crop']}, batch {result['batch']}, {result['threads']} threads)")
-    for label in ("online", "cached"):
-        parts = result[f"{label}_breakdown_s"]
-        print(f"{label:<7} {result[f'{label}_s_per_it']:>8.3f} {parts['teacher_targets']:>9.3f} "
-              f"{parts['student_forward_and_losses']:>17.3f} {parts['backward_and_sgd']:>8.3f}")
-    print(f"speedup {result['speedup']:.2f}x, cache {result['cache_bytes_per_view']:,.0f} bytes per view (both teachers), "
+    for source in SOURCES:
+        for forward in FORWARDS:
+            label = f"{source}_{forward}"
+            parts = result[f"{label}_breakdown_s"]
+            print(f"{source:<8} {forward:<9} {result[f'{label}_s_per_it']:>8.3f} {parts['teacher_targets']:>9.3f} "
+                  f"{parts['student_forward_and_losses']:>17.3f} {parts['backward_and_sgd']:>8.3f}")
+    print("cache speedup " + ", ".join(f"{forward} {result[f'cache_speedup_{forward}']:.2f}x" for forward in FORWARDS)
+          + "; joint vs separate " + ", ".join(f"{source} {result[f'joint_speedup_{source}']:.2f}x" for source in SOURCES))
+    print(f"cache {result['cache_bytes_per_view']:,.0f} bytes per view (both teachers), "
           f"read + decode {result['decode_s_per_view'] * 1e3:.2f} ms per view, hash check at open "
           f"{result['verify_s']:.3f} s")
     if args.json:

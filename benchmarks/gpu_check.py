@@ -11,13 +11,17 @@ initialised models (throughput does not depend on the weights):
 - teachers: CPS training of T_D (ResNet-101 v1c) and T_W (WRN-50-2), crop 512, batch 8 + 8;
 - students: Sup, MGD with online teachers and MGD from a teacher cache, per student backbone
   (``--students``: resnet18d and mobilenetv2_100 by default; any timm name the models accept);
+- loader vs step, per student: the samples/s the data side alone delivers to the cached MGD run
+  (its loaders with the same workers, the host-to-device copy, normalisation on the device, CutMix
+  boxes; no step) beside that run's step samples/s, so the row shows which one bounds the run;
 - evaluation: sliding-window inference (window = crop, on images twice the crop);
-  each with fp32 and bf16 autocast;
+  each with fp32 and bf16 autocast (fp32 only with --tiny on the CPU);
 - loop changes, one at a time against the defaults: no per-step host sync (log_every 1 vs 50),
   channels_last, loader workers, torch.compile, and batched sliding windows in evaluation;
 - processes: with more than one GPU visible, ``mgd train`` under torchrun on 1 vs N GPUs.
 
-images/s counts every image a step consumes (labeled + unlabeled views); peak memory is
+images/s counts every image a step consumes (labeled + unlabeled views); a sample is one labeled
+image with its two unlabeled views (samples/s of MGD = images/s / 3); peak memory is
 ``torch.cuda.max_memory_allocated`` per row (not measured on the CPU). The last line of stdout is
 the JSON report.
 """
@@ -35,13 +39,13 @@ from pathlib import Path
 
 import torch
 
-from mgd.cache import write_cache
 from mgd.data import build_dataset
 from mgd.data.synthetic import write_synthetic_dataset
 from mgd.device import DEVICES, resolve_device
-from mgd.evaluate import evaluate_model
+from mgd.evaluation import evaluate_model
 from mgd.models import build_model, save_model
 from mgd.splits import make_ratio_splits, write_split
+from mgd.teachers.caching import cache_config_for_run, write_cache
 from mgd.train.config import validate_config
 from mgd.train.loop import LossWindow, Trainer
 
@@ -52,6 +56,8 @@ STUDENTS = ("resnet18d", "mobilenetv2_100")
 LAMBDAS = {"resnet18d": (0.002, 100.0), "resnet18_v1c": (0.002, 100.0),
            "mobilenetv2_100": (0.0005, 50.0), "mobilenetv2_dilated": (0.0005, 50.0)}
 NUM_CLASSES = 9  # the synthetic dataset's
+IMAGES_PER_SAMPLE = 3  # an MGD sample: 1 labeled + 2 unlabeled views
+LOADER_STEPS = 3  # loader-only batches timed per timed step (the loader alone is faster)
 
 
 def sync(device: torch.device) -> None:
@@ -111,8 +117,7 @@ class Workspace:
                         **runtime},
         })
         if method == "mgd_cached" and not self.cache_written:
-            online = {**cfg, "method": {key: value for key, value in cfg["method"].items() if key != "teacher_source"}}
-            write_cache(online, views=1, batch_size=args.batch, device=args.device)
+            write_cache(cache_config_for_run(cfg, views={"count": 1}, batch_size=args.batch, device=args.device))
             self.cache_written = True
         return cfg
 
@@ -146,6 +151,39 @@ def time_training(cfg: dict, args) -> dict:
     del trainer, batches
     release(device)
     return result
+
+
+def time_loader(cfg: dict, args) -> float:
+    """Samples/s of ``Trainer.batches`` alone (loaders, copy to the device, normalisation there,
+    CutMix boxes), with the run's workers: what the data side can feed the step."""
+    device = torch.device(args.device)
+    trainer = Trainer(cfg)
+    batches = trainer.batches()
+    for _ in range(args.warmup):
+        next(batches)
+    sync(device)
+    samples, start = 0, time.perf_counter()
+    for _ in range(LOADER_STEPS * args.steps):
+        samples += next(batches).labeled_image.shape[0]
+    sync(device)
+    rate = samples / (time.perf_counter() - start)
+    batches.close()
+    del trainer, batches
+    release(device)
+    return round(rate, 2)
+
+
+def loader_vs_step(workspace: Workspace, args, students: list[dict]) -> list[dict]:
+    """Per student: loader-only samples/s beside the cached MGD step's samples/s (same workers)."""
+    rows = []
+    for backbone in args.students:
+        loader = time_loader(workspace.config(backbone, "mgd_cached"), args)
+        step = {row["precision"]: round(row["images_per_s"] / IMAGES_PER_SAMPLE, 2) for row in students
+                if row["model"] == backbone and row["method"] == "mgd_cached"}
+        fastest = max(step.values())
+        rows.append({"model": backbone, "workers_per_stream": args.workers, "loader_samples_per_s": loader,
+                     "step_samples_per_s": step, "bound": "loader" if loader < fastest else "step"})
+    return rows
 
 
 def time_evaluation(workspace: Workspace, backbone: str, args, precision: str, window_batch: int) -> dict:
@@ -234,6 +272,12 @@ def print_table(report: dict) -> None:
         label = f"evaluate {row['model']} ({row['image_size']} px, slide)"
         peak = "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}"
         print(f"{label:<44} {row['precision']:>9} {row['images_per_s']:>10.2f} {'':>8} {peak:>9}")
+    print(f"\n{'loader vs step (mgd_cached)':<34} {'workers':>7} {'loader samples/s':>17} {'step samples/s':>24} "
+          f"{'bound':>6}")
+    for row in report["loader_vs_step"]:
+        step = ", ".join(f"{value:.2f} {precision}" for precision, value in row["step_samples_per_s"].items())
+        print(f"{row['model']:<34} {row['workers_per_stream']:>7} {row['loader_samples_per_s']:>17.2f} {step:>24} "
+              f"{row['bound']:>6}")
     print(f"\n{'loop change':<50} {'off img/s':>10} {'on img/s':>10} {'speedup':>8}")
     for row in report["loop_changes"]:
         if "skipped" in row:
@@ -274,7 +318,9 @@ def main() -> None:
     args.compile = args.compile and not args.tiny
     args.device = resolve_device(args.device).type
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    precisions = ("fp32", "bf16")
+    # bf16 autocast on a CPU without bf16 units is an emulation 10-40x slower than fp32 that no GPU
+    # run uses (measured: 90 % of a --tiny run's 213 CPU-seconds), so --tiny on the CPU times fp32 only.
+    precisions = ("fp32",) if args.tiny and args.device == "cpu" else ("fp32", "bf16")
     started = time.perf_counter()
     report = {"device": device_name, "torch": torch.__version__,
               "settings": {key: getattr(args, key) for key in
@@ -291,6 +337,7 @@ def main() -> None:
              **time_training(workspace.config(backbone, method, precision), args)}
             for backbone in args.students for method in ("sup", "mgd_online", "mgd_cached") for precision in precisions
         ]
+        report["loader_vs_step"] = loader_vs_step(workspace, args, report["students"])
         report["evaluation"] = [time_evaluation(workspace, backbone, args, precision, window_batch=8)
                                 for backbone in args.students for precision in precisions]
         report["loop_changes"] = loop_changes(workspace, args)

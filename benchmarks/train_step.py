@@ -18,9 +18,9 @@ import time
 
 import torch
 
+from mgd.data.streams import TrainBatch, UnlabeledView
 from mgd.data.transforms import cutmix_box_masks
 from mgd.train.config import method_params
-from mgd.train.data import TrainBatch, UnlabeledView
 from mgd.train.loop import sgd_param_groups
 from mgd.train.objectives import objective_class
 

@@ -11,9 +11,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from mgd.choices import DEVICES
 from mgd.errors import ConfigError
-
-DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -54,14 +53,15 @@ def init_distributed(device_choice: str) -> tuple[int, int]:
     return 0, 1
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``runtime.precision`` on ``device`` (None: fp32, no autocast).
+def autocast_dtype(precision: str, device: torch.device, key: str = "config key runtime.precision") -> torch.dtype | None:
+    """The autocast dtype of ``runtime.precision`` (or the option ``key``) on ``device`` (None:
+    fp32, no autocast).
 
     ``auto``: bf16 on a CUDA device that supports it (Ampere and newer), fp16 (with a gradient
     scaler, see ``needs_grad_scaler``) on older CUDA devices, fp32 on the CPU.
     """
     if precision not in PRECISIONS:
-        raise ConfigError(f"config key runtime.precision: unknown precision {precision!r}")
+        raise ConfigError(f"{key}: unknown precision {precision!r}")
     if precision == "fp32":
         return None
     if precision == "auto":
@@ -69,7 +69,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"config key runtime.precision: bf16 is not supported by {torch.cuda.get_device_name(device)}; "
+        raise ConfigError(f"{key}: bf16 is not supported by {torch.cuda.get_device_name(device)}; "
                           "use fp16 or auto")
     return torch.bfloat16 if precision == "bf16" else torch.float16
 

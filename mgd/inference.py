@@ -2,20 +2,20 @@
 
 The evaluation protocol of the paper's code is a sliding window of the training crop size with a
 stride of 2/3 of the window, single scale, no flip; overlapping window logits are averaged.
+Images may come as uint8 (as decoded): they are normalised on their device, so the host only
+reads files and the copy to the device moves a quarter of the bytes of float32.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgd.errors import ConfigError
-
-MODES = ("whole", "slide")
+from mgd.choices import MODES, default_stride
+from mgd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 
 def infer_logits(
@@ -28,7 +28,8 @@ def infer_logits(
     num_classes: int | None = None,
     window_batch: int = 8,
 ) -> torch.Tensor:
-    """Logits Bx(num_classes)xHxW for normalised images Bx3xHxW.
+    """Logits Bx(num_classes)xHxW for images Bx3xHxW: uint8 (normalised here, on their device,
+    with the ImageNet mean/std of training) or float32 already normalised.
 
     ``mode="slide"`` needs ``window`` (the crop size); ``stride`` defaults to ceil(2/3 window).
     ``flip`` averages with the prediction of the horizontally mirrored images. ``num_classes``
@@ -42,13 +43,15 @@ def infer_logits(
         raise ValueError(f"window_batch must be positive, got {window_batch}")
     if images.dim() != 4:
         raise ValueError(f"images must be Bx3xHxW, got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        images = normalize(images)
     if num_classes is None:
         num_classes = getattr(model, "num_classes", None)
     if mode == "slide":
         if window is None:
             raise ValueError("mode 'slide' needs a window size")
         window = _pair(window, "window")
-        stride = tuple(math.ceil(2 * w / 3) for w in window) if stride is None else _pair(stride, "stride")
+        stride = tuple(map(default_stride, window)) if stride is None else _pair(stride, "stride")
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         if mode == "whole":
@@ -103,10 +106,7 @@ def _slide(
 ) -> torch.Tensor:
     height, width = images.shape[-2:]
     window_h, window_w = window
-    # Images smaller than the window are padded (0 = the mean colour after normalisation)
-    # bottom/right to the window size, and the logits cropped back.
-    pad_h, pad_w = max(window_h - height, 0), max(window_w - width, 0)
-    padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+    padded, (top_margin, left_margin) = pad_to_window(images, window)
     padded_h, padded_w = padded.shape[-2:]
     offsets = [(top, left) for top in _window_starts(padded_h, window_h, stride[0])
                for left in _window_starts(padded_w, window_w, stride[1])]
@@ -123,31 +123,31 @@ def _slide(
         for (top, left), window_logits in zip(group, logits, strict=True):
             logit_sum[:, :, top : top + window_h, left : left + window_w] += window_logits
             count[:, :, top : top + window_h, left : left + window_w] += 1
-    return (logit_sum / count)[:, :, :height, :width]
+    return (logit_sum / count)[:, :, top_margin : top_margin + height, left_margin : left_margin + width]
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options shared by ``mgd evaluate`` and ``mgd predict``."""
-    parser.add_argument("--mode", choices=MODES, default="whole",
-                        help="whole-image or sliding-window inference (paper protocol: slide, "
-                             "window = training crop size)")
-    parser.add_argument("--window", type=int, help="sliding window size in pixels (--mode slide)")
-    parser.add_argument("--stride", type=int, help="sliding window stride (default: ceil(2/3 window))")
-    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+def centred_margins(size: int, window: int) -> tuple[int, int]:
+    """(before, after) padding of a side ``size`` up to ``window``, as the public code: half
+    before, the odd pixel after (``furnace/utils/img_utils.py:66-69``)."""
+    pad = max(window - size, 0)
+    return pad // 2, pad // 2 + pad % 2
 
 
-def inference_options(args: argparse.Namespace) -> dict:
-    """``mode``, ``window``, ``stride`` (the effective one) and ``flip`` from the parsed options;
-    ConfigError for inconsistent combinations, before any model is loaded."""
-    if args.mode == "whole":
-        for name in ("window", "stride"):
-            if getattr(args, name) is not None:
-                raise ConfigError(f"--{name} only applies to --mode slide")
-        return {"mode": "whole", "window": None, "stride": None, "flip": args.flip}
-    if args.window is None:
-        raise ConfigError("--mode slide needs --window (the training crop size)")
-    if args.window < 1 or (args.stride is not None and args.stride < 1):
-        raise ConfigError("--window and --stride must be positive")
-    stride = math.ceil(2 * args.window / 3) if args.stride is None else args.stride
-    return {"mode": "slide", "window": args.window, "stride": stride, "flip": args.flip}
+def pad_to_window(images: torch.Tensor, window: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Normalised images padded, centred, to at least ``window``, and the (top, left) margins.
+
+    The public evaluator (``furnace/engine/evaluator.py:228-237``, ``img_utils.py:60-74``) pads
+    the normalised image with 0 (the mean colour) when its long side fits the window (every VOC
+    image at 512); otherwise it pads the raw image with 0 (black) before normalising each window,
+    so there the fill is black in normalised units.
+    """
+    height, width = images.shape[-2:]
+    (top, bottom), (left, right) = centred_margins(height, window[0]), centred_margins(width, window[1])
+    if not (top or bottom or left or right):
+        return images, (0, 0)
+    if max(height, width) <= min(window):
+        return F.pad(images, (left, right, top, bottom)), (top, left)
+    black = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).to(images.device, images.dtype)
+    padded = black.view(1, 3, 1, 1).expand(images.shape[0], 3, height + top + bottom, width + left + right).clone()
+    padded[:, :, top : top + height, left : left + width] = images
+    return padded, (top, left)

@@ -1,18 +1,58 @@
 """Loss functions of MGD (Qin et al., ECCV 2022) and of the baselines in its tables.
 
-Every loss is a pure function of tensors. Shapes: logits B x N x H x W (float), features
+Every loss is a pure function of tensors, computed in float32 (float64 stays float64) whatever
+the autocast: under bf16 autocast (the CUDA default) the pooled, normalised and softmaxed values
+and the matrix products would otherwise be bf16, whose 8-bit mantissa quantises e.g. L_R's cosine
+entries (times lambda_2 = 100) to about 2^-8; pseudo-labels are the argmax of float32 logits. The
+public code trains in float32 throughout. Shapes: logits B x N x H x W (float), features
 B x C x H x W (float), labels B x H x W (int64, ``ignore_index`` = not supervised). Teacher
 inputs are detached inside each function: a teacher tensor never receives gradient, whether or
 not it requires grad. Each docstring names its equation (or source paper) and its reduction.
 """
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 # Floor for vector norms: a zero vector gets cosine similarity 0 instead of NaN.
 NORM_EPS = 1e-8
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _upcast(value):
+    """float16/bfloat16 tensors (alone or in a list/tuple) as float32; anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype in LOW_PRECISION else value
+    if isinstance(value, (list, tuple)) and any(isinstance(item, torch.Tensor) for item in value):
+        return [_upcast(item) for item in value]
+    return value
+
+
+def _first_tensor(values) -> torch.Tensor:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+            return value[0]
+    raise TypeError("a loss function needs at least one tensor argument")
+
+
+def full_precision(loss: Callable) -> Callable:
+    """Run ``loss`` with autocast disabled on its tensors' device and its low-precision float
+    inputs cast to float32 (the casts are differentiable: gradients flow back in the input's
+    dtype)."""
+
+    @functools.wraps(loss)
+    def wrapper(*args, **kwargs):
+        device_type = _first_tensor((*args, *kwargs.values())).device.type
+        with torch.autocast(device_type, enabled=False):
+            return loss(*map(_upcast, args), **{key: _upcast(value) for key, value in kwargs.items()})
+
+    return wrapper
 
 
 def _check_same_shape(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
@@ -27,6 +67,7 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
+@full_precision
 def supervised_ce_loss(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
 ) -> torch.Tensor:
@@ -41,6 +82,7 @@ def supervised_ce_loss(
     return summed / num_valid
 
 
+@full_precision
 def ohem_ce_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -66,24 +108,29 @@ def ohem_ce_loss(
     kept pixels (mean over kept pixels; 0 when none is valid).
     One deliberate difference: for ``min_kept_per_image=0`` the CPS code skips the selection
     entirely (keeps all of V); here the threshold rule still applies.
+
+    No host synchronisation: the code's ``if num_valid > min_kept`` branch is folded into the
+    cut. Ignored pixels get p = +inf, so the k-th smallest p over all pixels (k = min(min_kept,
+    B*H*W), a number from shapes alone) is p_(min_kept) over V when |V| >= min_kept and +inf
+    (keep all of V) when |V| < min_kept; no Python number is derived from tensor data.
     """
     min_kept = min_kept_per_image * logits.shape[0]
     valid = target != ignore_index
-    num_valid = int(valid.sum())
-    if num_valid > min_kept:
-        with torch.no_grad():
-            probs = logits.detach().softmax(dim=1)
-            safe_target = target.masked_fill(~valid, 0)
-            true_class_prob = probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
-            valid_probs = true_class_prob[valid]
-            cut = torch.tensor(threshold, dtype=valid_probs.dtype, device=valid_probs.device)
-            if min_kept > 0:
-                cut = torch.maximum(cut, valid_probs.kthvalue(min_kept).values)
-            kept = valid & (true_class_prob <= cut)
-        target = target.masked_fill(~kept, ignore_index)
+    with torch.no_grad():
+        probs = logits.detach().softmax(dim=1)
+        safe_target = target.masked_fill(~valid, 0)
+        true_class_prob = probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+        true_class_prob = true_class_prob.masked_fill(~valid, float("inf"))
+        cut = torch.tensor(threshold, dtype=true_class_prob.dtype, device=true_class_prob.device)
+        if min_kept > 0:
+            kth = true_class_prob.flatten().kthvalue(min(min_kept, true_class_prob.numel())).values
+            cut = torch.maximum(cut, kth)
+        kept = valid & (true_class_prob <= cut)
+    target = target.masked_fill(~kept, ignore_index)
     return supervised_ce_loss(logits, target, ignore_index)
 
 
+@full_precision
 def pixel_consistency_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, ignore_index: int = 255
 ) -> torch.Tensor:
@@ -108,6 +155,7 @@ def pixel_consistency_loss(
     return supervised_ce_loss(student_logits, pseudo_label, ignore_index)
 
 
+@full_precision
 def image_level_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -138,6 +186,7 @@ def image_level_loss(
     raise ValueError(f"image_level_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
+@full_precision
 def self_similarity(feat: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
     """Self-correlation matrix M of eq. (5), one per image: B x (Hv*Wv) x (Hv*Wv).
 
@@ -151,6 +200,7 @@ def self_similarity(feat: torch.Tensor, grid: int | tuple[int, int]) -> torch.Te
     return unit_regions.transpose(1, 2) @ unit_regions
 
 
+@full_precision
 def region_level_loss(
     student_feat: torch.Tensor,
     teacher_feat: torch.Tensor,
@@ -174,6 +224,7 @@ def region_level_loss(
     return F.mse_loss(student_matrix, teacher_matrix, reduction="mean")
 
 
+@full_precision
 def kd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -191,6 +242,7 @@ def kd_loss(
     return kl_sum / (batch * height * width) * temperature**2
 
 
+@full_precision
 def cwd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -210,6 +262,7 @@ def cwd_loss(
     return kl_sum * temperature**2 / (batch * channels)
 
 
+@full_precision
 def mean_teacher_consistency_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor
 ) -> torch.Tensor:
@@ -237,6 +290,7 @@ def _check_stage_pairs(
         _check_same_shape(student, teacher, f"{what} stage {stage}")
 
 
+@full_precision
 def skt_intra_layer_loss(
     student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
 ) -> torch.Tensor:
@@ -257,6 +311,7 @@ def skt_intra_layer_loss(
     return torch.stack(stage_losses).sum()
 
 
+@full_precision
 def flow_matrix(feat_a: torch.Tensor, feat_b: torch.Tensor) -> torch.Tensor:
     """FSP flow matrix between two stages (Yim et al., CVPR 2017), as in SKT's inter-layer
     relation transfer: B x C_a x C_b.
@@ -270,6 +325,7 @@ def flow_matrix(feat_a: torch.Tensor, feat_b: torch.Tensor) -> torch.Tensor:
     return feat_a.flatten(2) @ feat_b.flatten(2).transpose(1, 2) / (height * width)
 
 
+@full_precision
 def skt_inter_layer_loss(
     student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
 ) -> torch.Tensor:

@@ -8,7 +8,6 @@ line) and ``split.json``, whose ``hash`` lets every later stage detect edited li
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -17,6 +16,7 @@ from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
+from mgd.data.base import CITYSCAPES_IMAGE_SUFFIX, shown
 from mgd.errors import SplitError
 from mgd.io import sha256_bytes, write_json_atomic, write_text_atomic
 
@@ -24,10 +24,7 @@ LABELED_FILE = "labeled.txt"
 UNLABELED_FILE = "unlabeled.txt"
 META_FILE = "split.json"
 # Suffixes that mark a list field as a file path rather than a bare id.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Cityscapes' official layout names images <city>_<seq>_<frame>_leftImg8bit.png.
-CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
-SHOWN_IDS = 5
+PATH_FIELD_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def list_text(ids: Sequence[str]) -> str:
@@ -57,12 +54,6 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
-def _shown(ids: Iterable[str]) -> str:
-    ids = list(ids)
-    more = f" (and {len(ids) - SHOWN_IDS} more)" if len(ids) > SHOWN_IDS else ""
-    return ", ".join(ids[:SHOWN_IDS]) + more
-
-
 def _base_ids(ids: Iterable[str]) -> list[str]:
     unique = set(ids)
     if not unique:
@@ -71,7 +62,7 @@ def _base_ids(ids: Iterable[str]) -> list[str]:
         repr(item) for item in unique if not isinstance(item, str) or item.split() != [item]
     )
     if bad:
-        raise SplitError(f"base ids must be non-empty strings without whitespace: {_shown(bad)}")
+        raise SplitError(f"base ids must be non-empty strings without whitespace: {shown(bad)}")
     return sorted(unique)
 
 
@@ -215,7 +206,7 @@ def read_split(folder: str | Path) -> Split:
             raise SplitError(f"{path}: id {repeat} is listed twice")
     in_both = set(labeled) & set(unlabeled)
     if in_both:
-        raise SplitError(f"split folder {folder}: ids in both lists: {_shown(sorted(in_both))}")
+        raise SplitError(f"split folder {folder}: ids in both lists: {shown(sorted(in_both))}")
     counts = {"labeled_count": len(labeled), "unlabeled_count": len(unlabeled)}
     for key, count in counts.items():
         if record.get(key) != count:
@@ -255,12 +246,12 @@ class ListReport:
             notes.append(f"{pairs} reduced to image ids")
         if self.duplicates:
             repeated = _count(len(self.duplicates), "duplicate id")
-            notes.append(f"{repeated} collapsed: {_shown(self.duplicates)}")
+            notes.append(f"{repeated} collapsed: {shown(self.duplicates)}")
         return notes
 
 
 def _field_to_id(text: str) -> str:
-    if "/" not in text and not text.lower().endswith(IMAGE_SUFFIXES):
+    if "/" not in text and not text.lower().endswith(PATH_FIELD_SUFFIXES):
         return text
     stem = PurePosixPath(text).stem
     return stem.removesuffix(CITYSCAPES_IMAGE_SUFFIX)
@@ -331,7 +322,7 @@ class ImportReport:
         if self.in_both:
             lines.append(
                 f"{_count(len(self.in_both), 'id')} in both lists, kept labeled and dropped from "
-                f"unlabeled: {_shown(self.in_both)}"
+                f"unlabeled: {shown(self.in_both)}"
             )
         if self.base_ids_unused:
             lines.append(f"{_count(self.base_ids_unused, 'base id')} in neither list")
@@ -362,35 +353,12 @@ def import_cps_lists(
             unknown = [item for item in ids if item not in base]
             if unknown:
                 raise SplitError(
-                    f"{path}: {_count(len(unknown), 'id')} not in the base list: {_shown(unknown)}"
+                    f"{path}: {_count(len(unknown), 'id')} not in the base list: {shown(unknown)}"
                 )
         report.base_ids_unused = len(base - labeled_set - set(unlabeled))
     source = {"labeled": str(labeled_file), "unlabeled": str(unlabeled_file)}
     split = Split(labeled, unlabeled, meta={"protocol": "imported", "source": source})
     return split, report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    make = actions.add_parser("make", help="draw nested partitions from one seeded permutation")
-    base = make.add_mutually_exclusive_group(required=True)
-    base.add_argument("--ids", type=Path, help="base id list (one id or 'image label' pair a line)")
-    base.add_argument(
-        "--dataset-config", type=Path, help="YAML dataset slice; its train ids are the base"
-    )
-    sizes = make.add_mutually_exclusive_group(required=True)
-    sizes.add_argument("--ratios", nargs="+", help="labeled fractions, e.g. 1/16 1/8 or 0.25")
-    sizes.add_argument("--counts", nargs="+", type=int, help="labeled counts, e.g. 92 183 366 732")
-    make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--out", type=Path, required=True, help="gets one sub-folder per partition")
-    imported = actions.add_parser("import", help="read public CPS labeled/unlabeled lists")
-    imported.add_argument("--labeled", type=Path, required=True)
-    imported.add_argument("--unlabeled", type=Path, required=True)
-    imported.add_argument("--ids", type=Path, help="base id list every imported id must belong to")
-    imported.add_argument("--out", type=Path, required=True, help="split folder to write")
-    for action in (make, imported):
-        action.add_argument("--force", action="store_true",
-                            help="replace a different split already in an output folder")
 
 
 def holds_same_split(folder: Path, split: Split, force: bool) -> bool:
@@ -419,54 +387,11 @@ def holds_same_split(folder: Path, split: Split, force: bool) -> bool:
     )
 
 
-def _write_or_keep(name: str, folder: Path, split: Split, present: bool, meta: dict | None = None) -> None:
-    if present:
-        print(_summary(name, folder, split) + " (unchanged: the folder already holds this split)")
-    else:
-        print(_summary(name, write_split(folder, split, meta), split))
-
-
-def _dataset_train_ids(config_path: Path) -> tuple[list[str], list[str]]:
-    """(ids with a label, ids of unlabeled images) of the dataset's train split."""
-    from mgd.data import build_dataset, read_dataset_config
-
-    dataset = build_dataset(read_dataset_config(config_path), "train")
-    labeled = set(dataset.labeled_ids)
-    return dataset.labeled_ids, sorted(item for item in dataset.ids if item not in labeled)
-
-
-def _summary(name: str, folder: Path, split: Split) -> str:
-    return (
-        f"{name}: {len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled -> {folder} "
-        f"(hash {split.hash[:12]})"
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.action == "import":
-        base_ids = read_id_list(args.ids)[0] if args.ids else None
-        split, report = import_cps_lists(args.labeled, args.unlabeled, base_ids)
-        for line in report.lines():
-            print(line)
-        _write_or_keep("imported", args.out, split, holds_same_split(args.out, split, args.force))
-        return 0
-    unlabeled_images: list[str] = []
-    if args.ids:
-        ids, source = read_id_list(args.ids)[0], str(args.ids)
-    else:
-        ids, unlabeled_images = _dataset_train_ids(args.dataset_config)
-        source = f"{args.dataset_config} (train)"
-    if args.ratios:
-        splits = make_ratio_splits(ids, args.ratios, args.seed)
-    else:
-        splits = make_count_splits(ids, args.counts, args.seed)
-    if unlabeled_images:  # images without a label file: unlabeled in every partition
-        splits = {
-            name: Split(split.labeled, split.unlabeled + unlabeled_images,
-                        {**split.meta, "unlabeled_images": len(unlabeled_images)})
-            for name, split in splits.items()
-        }
-    present = {name: holds_same_split(args.out / name, split, args.force) for name, split in splits.items()}
-    for name, split in splits.items():  # every folder was checked before any is written
-        _write_or_keep(name, args.out / name, split, present[name], {"source": source})
-    return 0
+def with_unlabeled_images(splits: dict[str, Split], images: Sequence[str]) -> dict[str, Split]:
+    """``splits`` with ``images`` (ids of images without a label file) unlabeled in every partition."""
+    if not images:
+        return splits
+    return {
+        name: Split(split.labeled, split.unlabeled + list(images), {**split.meta, "unlabeled_images": len(images)})
+        for name, split in splits.items()
+    }

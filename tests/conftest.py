@@ -44,6 +44,24 @@ def synthetic_with_split():
     return write
 
 
+@pytest.fixture(scope="session")
+def random_teacher_pair():
+    """Factory: ``(root)`` saves two randomly initialised 9-class teachers (T_D a ResNet-18-D, T_W
+    a MobileNetV2, seeds 1 and 2) as ``root/TD.pt`` and ``root/TW.pt``; returns the config's
+    ``method.teachers`` list naming them."""
+    from mgd.models import build_model, save_model
+
+    def save(root: Path) -> list[dict]:
+        teachers = []
+        for name, backbone, seed in (("TD", "resnet18d", 1), ("TW", "mobilenetv2_100", 2)):
+            torch.manual_seed(seed)
+            save_model(root / f"{name}.pt", build_model(backbone, num_classes=9))
+            teachers.append({"name": name, "model": str(root / f"{name}.pt")})
+        return teachers
+
+    return save
+
+
 @pytest.fixture
 def camvid_root() -> Path:
     """The shared real CamVid copy (SegNet layout); skips the test where it is absent."""

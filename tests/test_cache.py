@@ -18,26 +18,21 @@ import pytest
 import torch
 import yaml
 
-from mgd.cache import check_cache, measured_bytes, projected_bytes, synthetic_label_map, write_cache
 from mgd.cli import main as cli_main
 from mgd.data import build_dataset
+from mgd.data.streams import ViewKeys
 from mgd.errors import ConfigError, StaleCacheError
 from mgd.models import build_model, save_model
-from mgd.models.deeplab import SegmentationOutput
+from mgd.models.deeplab import HEAD_CHANNELS, SegmentationOutput
+from mgd.schemas import validate
 from mgd.splits import make_ratio_splits, write_split
+from mgd.teachers import sources
+from mgd.teachers.caching import cache_config_for_run, check_cache, default_settings, write_cache
+from mgd.teachers.sizes import measured_bytes, projected_bytes, synthetic_label_map
+from mgd.teachers.storage import DECODER_CHANNELS, MANIFEST_NAME, PROGRESS_NAME, CacheStore, StorageLayout, TeacherCache
+from mgd.teachers.targets import read_views, storage_form
 from mgd.train.config import validate_config
 from mgd.train.loop import Trainer
-from mgd.train.data import ViewKeys
-from mgd.train.objectives import distill
-from mgd.train.teacher_cache import (
-    MANIFEST_NAME,
-    PROGRESS_NAME,
-    CacheLayout,
-    CacheStore,
-    TeacherCache,
-    ViewTargets,
-    storage_form,
-)
 
 VIEWS = 2
 # Two grids, so that the region loss (7 x 7) reads the second block of the concatenated cells.
@@ -45,15 +40,11 @@ FEATURE_GRIDS = (3, 7)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, synthetic_with_split) -> dict:
+def setup(tmp_path_factory, synthetic_with_split, random_teacher_pair) -> dict:
     """16 synthetic images, a 1/4 split, two randomly initialised teachers and their cache."""
     root = tmp_path_factory.mktemp("cache")
     synthetic_with_split(root, num_train=16, num_val=2)
-    teachers = []
-    for name, backbone, seed in (("TD", "resnet18d", 1), ("TW", "mobilenetv2_100", 2)):
-        torch.manual_seed(seed)
-        save_model(root / f"{name}.pt", build_model(backbone, num_classes=9))
-        teachers.append({"name": name, "model": str(root / f"{name}.pt")})
+    teachers = random_teacher_pair(root)
     cfg = validate_config({
         "seed": 0,
         "output_dir": str(root / "run"),
@@ -65,8 +56,13 @@ def setup(tmp_path_factory, synthetic_with_split) -> dict:
         "optim": {"lr": 0.01, "iterations": 2},
         "runtime": {"checkpoint_every": 100, "tensorboard": False},
     })
-    write_cache(cfg, views=VIEWS, layout_options={"feature_grids": FEATURE_GRIDS}, batch_size=4)
+    write_cache(cache_config(cfg, VIEWS, feature_grids=list(FEATURE_GRIDS)))
     return {"root": root, "cfg": cfg}
+
+
+def cache_config(run_cfg: dict, views: int, batch_size: int = 4, **layout) -> dict:
+    """The cache config of a run's teachers, ``views`` views per image, ``layout`` keys set."""
+    return cache_config_for_run(run_cfg, views={"count": views}, layout=layout, batch_size=batch_size)
 
 
 def variant(setup: dict, out: str, **method) -> dict:
@@ -100,7 +96,7 @@ def test_cached_run_has_the_online_loss_terms_on_the_same_views(setup, monkeypat
     def no_teacher(path, *args, **kwargs):
         raise AssertionError(f"a cached run loaded the teacher {path}")
 
-    monkeypatch.setattr(distill, "load_model", no_teacher)
+    monkeypatch.setattr(sources, "load_model", no_teacher)
     cached_cfg = variant(setup, "cached", teacher_source="cache")
     trainer = Trainer(cached_cfg)
     assert trainer.objective.frozen == {}
@@ -114,7 +110,7 @@ def test_cached_run_has_the_online_loss_terms_on_the_same_views(setup, monkeypat
 
 def test_kd_from_dense_cached_logits(setup):
     cfg = variant(setup, "kd_cache", name="kd", teacher_cache=str(setup["root"] / "cache_dense"))
-    write_cache(cfg, views=1, layout_options={"dense_logits": True}, batch_size=4)
+    write_cache(cache_config(cfg, 1, dense_logits=True))
     online = loss_log(variant({**setup, "cfg": cfg}, "kd_online", mixed_targets="views"))
     cached = loss_log(variant({**setup, "cfg": cfg}, "kd_cached", teacher_source="cache"))
     np.testing.assert_allclose(cached.to_numpy(), online.to_numpy(), rtol=1e-4)
@@ -131,8 +127,8 @@ def test_cache_refuses_a_teacher_of_other_class_names(setup, tmp_path):
     save_model(tmp_path / "swapped.pt", build_model("resnet18d", num_classes=len(CLASSES)), classes=swapped)
     cfg = variant(setup, "swapped", teacher_cache=str(tmp_path / "cache"))
     cfg["method"]["teachers"][0]["model"] = str(tmp_path / "swapped.pt")
-    with pytest.raises(ConfigError, match=r"method.teachers\[0\]: teacher .*swapped.pt was trained on classes \(ground, sky"):
-        write_cache(cfg, views=1, batch_size=4)
+    with pytest.raises(ConfigError, match=r"key teachers\[0\]: teacher .*swapped.pt was trained on classes \(ground, sky"):
+        write_cache(cache_config(cfg, 1))
 
 
 def test_stale_cache_is_refused(setup, tmp_path):
@@ -169,8 +165,10 @@ def test_stale_cache_is_refused(setup, tmp_path):
     with pytest.raises(StaleCacheError, match="not the crop the cache was made on"):
         Trainer(variant(setup, "tampered", teacher_source="cache", teacher_cache=str(tampered))).run()
 
-    with pytest.raises(StaleCacheError, match="views 2, not 3"):
-        write_cache(setup["cfg"], views=3)
+    with pytest.raises(StaleCacheError, match="views.count 2, not 3"):
+        write_cache(cache_config(setup["cfg"], 3, feature_grids=list(FEATURE_GRIDS)))
+    with pytest.raises(StaleCacheError, match=r"layout.feature_grids \(3, 7\), not \(7,\)"):
+        write_cache(cache_config(setup["cfg"], VIEWS))
     with pytest.raises(ConfigError, match="skt"):
         Trainer(variant(setup, "skt", name="skt", teacher_source="cache"))
     with pytest.raises(ConfigError, match="method.teacher_bn"):
@@ -181,9 +179,8 @@ def test_stale_cache_is_refused(setup, tmp_path):
 def test_killed_caching_job_resumes_where_it_stopped(setup, tmp_path):
     cfg = variant(setup, "killed", teacher_cache=str(tmp_path / "killed"))
     config_path = tmp_path / "killed.yaml"
-    config_path.write_text(yaml.safe_dump(cfg))
-    command = [sys.executable, "-m", "mgd.cli", "cache", "--config", str(config_path), "--views", "4",
-               "--feature-grids", *map(str, FEATURE_GRIDS), "--batch-size", "1"]
+    config_path.write_text(yaml.safe_dump(cache_config(cfg, 4, batch_size=1, feature_grids=list(FEATURE_GRIDS))))
+    command = [sys.executable, "-m", "mgd.cli", "cache", "--config", str(config_path)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress_files = lambda: list((tmp_path / "killed").glob(f"*/{PROGRESS_NAME}"))  # noqa: E731
     deadline = time.time() + 120
@@ -201,7 +198,7 @@ def test_killed_caching_job_resumes_where_it_stopped(setup, tmp_path):
 
     assert cli_main(command[3:]) == 0  # the same command again finishes the job
     reference_cfg = variant(setup, "reference", teacher_cache=str(tmp_path / "reference"))
-    write_cache(reference_cfg, views=4, layout_options={"feature_grids": FEATURE_GRIDS}, batch_size=1)
+    write_cache(cache_config(reference_cfg, 4, batch_size=1, feature_grids=list(FEATURE_GRIDS)))
     resumed, reference = TeacherCache.open(tmp_path / "killed"), TeacherCache.open(tmp_path / "reference")
     assert resumed.manifest["teachers"].keys() == reference.manifest["teachers"].keys()
     for weights, entry in reference.manifest["teachers"].items():
@@ -209,8 +206,11 @@ def test_killed_caching_job_resumes_where_it_stopped(setup, tmp_path):
         assert {"argmax.bin", "argmax.offsets.npy", "feature.npy"} <= set(entry["files"])
 
 
-def test_report_projects_the_paper_settings(capsys):
-    assert cli_main(["cache", "--report", "--json", "--views", "4", "--feature-grids", "3", "5", "7", "9", "11"]) == 0
+def test_report_projects_the_paper_settings(setup, tmp_path, capsys):
+    config = tmp_path / "table6.yaml"  # no cache there yet: projections only
+    cfg = variant(setup, "table6", teacher_cache=str(tmp_path / "table6"))
+    config.write_text(yaml.safe_dump(cache_config(cfg, 4, feature_grids=[3, 5, 7, 9, 11])))
+    assert cli_main(["cache", "--report", "--json", "--config", str(config)]) == 0
     rows = {row["setting"]: row for row in json.loads(capsys.readouterr().out)["rows"]}
     voc = rows["VOC-aug"]
     cells = 9 + 25 + 49 + 81 + 121
@@ -224,7 +224,7 @@ def test_report_projects_the_paper_settings(capsys):
 
 def test_report_measures_a_cache(setup, capsys):
     config = setup["root"] / "report.yaml"
-    config.write_text(yaml.safe_dump(setup["cfg"]))
+    config.write_text(yaml.safe_dump(cache_config(setup["cfg"], VIEWS, feature_grids=list(FEATURE_GRIDS))))
     assert cli_main(["cache", "--config", str(config), "--report", "--json"]) == 0
     this_cache = json.loads(capsys.readouterr().out)["rows"][0]
     assert this_cache["setting"] == "this cache" and this_cache["decode_seconds_per_view"] > 0
@@ -254,13 +254,13 @@ def synthetic_outputs(crop: int, num_classes: int, seed: int) -> SegmentationOut
 
 
 def test_compact_view_at_512_with_21_classes_fits_64_kb(tmp_path):
-    layout, crop, classes = CacheLayout(), 512, 21
+    layout, crop, classes = StorageLayout(), 512, 21
     images = torch.randn(1, 3, crop, crop)
     store = CacheStore(tmp_path / "store", layout.fields(crop, classes), ["a", "b"], views=1)
     store.open_for_writing()
     for position, seed in enumerate((0, 1)):  # one view of each of two teachers' worth of outputs
         store.write(position, storage_form(synthetic_outputs(crop, classes, seed), None, images, layout,
-                                           ("argmax", "logits", "feature")), "synthetic")
+                                           ("argmax", "logits", "feature")).arrays(), "synthetic")
     store.commit(2)
     per_view = {name: store.stored_bytes(name) for name in store.fields}
     both_teachers = 2 * sum(per_view.values())
@@ -271,7 +271,7 @@ def test_compact_view_at_512_with_21_classes_fits_64_kb(tmp_path):
 
 
 def test_round_trip_is_exact_for_labels_and_within_half_a_step_for_maps(tmp_path):
-    layout, crop, classes = CacheLayout(feature_grids=(3, 7), dense_logits=True), 64, 21
+    layout, crop, classes = StorageLayout(feature_grids=(3, 7), dense_logits=True), 64, 21
     fields = ("argmax", "logits", "feature", "dense_logits")
     outputs = [synthetic_outputs(crop, classes, seed) for seed in range(3)]
     images = torch.randn(3, 3, crop, crop)
@@ -281,11 +281,11 @@ def test_round_trip_is_exact_for_labels_and_within_half_a_step_for_maps(tmp_path
     ids = ["a", "b", "c"]
     store = CacheStore(tmp_path / "store", layout.fields(crop, classes), ids, views=1)
     store.open_for_writing()
-    store.write(0, written.split([2, 1])[0], "synthetic")
-    store.write(2, written.split([2, 1])[1], "synthetic")
+    store.write(0, written.split([2, 1])[0].arrays(), "synthetic")
+    store.write(2, written.split([2, 1])[1].arrays(), "synthetic")
     store.commit(3)
     store.close()
-    read = store.read(ViewKeys(ids=ids, views=[0, 0, 0]), images, fields)
+    read = read_views(store, ViewKeys(ids=ids, views=[0, 0, 0]), images, fields)
     for name, value in vars(written).items():
         assert torch.equal(getattr(read, name), value), name  # storage form: bit-exact
     decoded = read.for_losses(layout, 7)
@@ -332,6 +332,18 @@ def test_cache_refuses_to_write_into_its_inputs(setup, tmp_path):
                           (str(teacher.parent), str(teacher))):
         cfg = variant(setup, "into_inputs", teacher_cache=folder)
         cfg["method"]["teachers"][0]["model"] = str(teacher)
-        with pytest.raises(ConfigError, match=rf"method.teacher_cache: {re.escape(folder)} .*{re.escape(named)}"):
-            write_cache(cfg)
+        with pytest.raises(ConfigError, match=rf"key output: {re.escape(folder)} .*{re.escape(named)}"):
+            write_cache(cache_config(cfg, 1))
     assert not (teacher.parent / MANIFEST_NAME).exists()
+
+
+def test_cache_config_schema_defaults_are_the_storage_formats():
+    defaults = default_settings()
+    assert StorageLayout.from_dict(defaults["layout"]) == StorageLayout()
+    assert defaults["views"] == {"count": 4, "seed": 0}
+    assert DECODER_CHANNELS == HEAD_CHANNELS  # the numpy-only format's copy of the decoder width
+    with pytest.raises(ConfigError, match="config key layout.feature_grid: unknown key"):
+        validate({"output": "c", "data": {"dataset": {}, "split": "s"}, "teachers": [{"name": "T", "model": "m"}],
+                  "layout": {"feature_grid": [7]}}, "cache")
+    with pytest.raises(ConfigError, match="config key teachers"):
+        validate({"output": "c", "data": {"dataset": {}, "split": "s"}, "teachers": []}, "cache")

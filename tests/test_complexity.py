@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mgd.cli import main as cli_main
-from mgd.complexity import measure_complexity
+from mgd.models.complexity import measure_complexity
 
 # Paper: backbone Params (M), GMACs at 512x512 (VOC) and 800x800 (Cityscapes), tolerances.
 PAPER = {
@@ -62,5 +62,5 @@ def test_cli_writes_every_backbone_or_nothing(tmp_path, capsys) -> None:
     assert {path.name for path in out.iterdir()} == {"resnet18d.json", "mobilenetv2_100.json"}
     assert json.loads((out / "resnet18d.json").read_text()) == printed[0]
     # a bad name anywhere in the list fails before any file is written
-    assert cli_main([*argv.copy()[:4], str(tmp_path / "bad"), "--backbone", "resnet18d", "no_such_net"]) == 2
+    assert cli_main([*argv[:4], str(tmp_path / "bad"), "--backbone", "resnet18d", "no_such_net"]) == 2
     assert not (tmp_path / "bad").exists()

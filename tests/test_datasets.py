@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from mgd.cli import main as cli_main
-from mgd.data import build_dataset, sample_id
+from mgd.data import build_dataset, read_dataset_config, sample_id
 from mgd.data.base import Sample, SampleError, SegmentationDataset, default_palette
 from mgd.errors import ConfigError, DatasetError
 from mgd.splits import read_split
@@ -399,8 +399,28 @@ def test_out_of_range_label_values_are_named(folder_root: Path) -> None:
     dataset = build_dataset(folder_config(folder_root), "train")
     with pytest.raises(DatasetError, match=r"ann/s0\.png: label values 7, 200 .* outside 0\.\.2"):
         dataset.load(0)
+    # the training loader's uint8 read checks the same values
+    with pytest.raises(DatasetError, match=r"ann/s0\.png: label values 7, 200 .* outside 0\.\.2"):
+        dataset.load(0, label_dtype=np.uint8)
     with pytest.raises(DatasetError, match="s0.png"):
         dataset[0]
+
+
+def test_uint8_labels_equal_the_int64_labels_with_and_without_a_value_map(folder_root: Path) -> None:
+    values = label_values()
+    values[1, 1], values[2, 2] = 255, 11
+    write_label(folder_root / "ann" / "s0.png", values)
+    samples = [Sample("s0", folder_root / "img" / "s0.png", folder_root / "ann" / "s0.png")]
+    for value_map in ({}, {11: 255, 2: 1}):
+        dataset = SegmentationDataset(samples, ["a", "b", "c"], value_map=value_map)
+        if not value_map:
+            with pytest.raises(SampleError, match="label values 11"):
+                dataset.load_label(0, np.uint8)
+            continue
+        wide, narrow = dataset.load_label(0), dataset.load_label(0, np.uint8)
+        assert wide.dtype == np.int64 and narrow.dtype == np.uint8
+        np.testing.assert_array_equal(wide, narrow)
+        assert narrow[2, 2] == 255 and 2 not in narrow
 
 
 def test_unreadable_and_colour_labels(folder_root: Path) -> None:
@@ -506,3 +526,60 @@ def test_a_corrupt_image_in_a_dataloader_worker_is_one_line_naming_the_file(fold
 def test_check_data_reports_a_missing_config(tmp_path: Path, capsys) -> None:
     assert cli_main(["check-data", "--dataset-config", str(tmp_path / "none.yaml"), "--split", "val"]) == 2
     assert "none.yaml does not exist" in capsys.readouterr().err
+
+
+def test_a_training_config_gives_its_dataset_slice_only_where_allowed(tmp_path: Path) -> None:
+    dataset_cfg = {"name": "synthetic", "root": "data/synthetic"}
+    train_config = tmp_path / "train.yaml"
+    train_config.write_text(yaml.safe_dump({"method": "sup", "data": {"dataset": dataset_cfg, "split": "s"}}))
+    assert read_dataset_config(train_config, allow_train_config=True) == dataset_cfg
+    assert read_dataset_config(train_config)["method"] == "sup"  # check-data, splits: the file as it is
+    plain = tmp_path / "dataset.yaml"
+    plain.write_text(yaml.safe_dump(dataset_cfg))
+    assert read_dataset_config(plain, allow_train_config=True) == read_dataset_config(plain) == dataset_cfg
+
+
+def documented_yaml(marker: str) -> dict:
+    """The YAML block of docs/data.md whose first line is ``marker``."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    matching = [block for block in blocks if block.startswith(marker)]
+    assert len(matching) == 1, f"docs/data.md has {len(matching)} yaml blocks starting with {marker!r}"
+    return yaml.safe_load(matching[0])
+
+
+def test_documented_sequence_folder_config_reads_that_layout(tmp_path: Path) -> None:
+    """docs/data.md's IDD-like example, exactly as documented (only `root` moved to a tiny tree of
+    that layout): `**` over sequence folders, suffix pairing, class names with spaces; and its
+    workflow config plans Table 1."""
+    from mgd.data.check import class_statistics
+    from mgd.plan import build_plan
+
+    frames = {"train": ["seq_0001/000123", "seq_0001/000124", "seq_0002/000123", "seq_0003/part_a/000001"],
+              "val": ["seq_0201/000007", "seq_0202/000007"]}
+    rng = np.random.default_rng(0)
+    for split, ids in frames.items():
+        for index, item in enumerate(ids):
+            folder = tmp_path / split / Path(item).parent
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / f"{Path(item).name}_image.jpg")
+            label = np.full((24, 32), index % 7, dtype=np.uint8)
+            label[0, 0] = 255
+            Image.fromarray(label).save(folder / f"{Path(item).name}_label.png")
+    (tmp_path / "train" / "seq_0001" / "notes.txt").write_text("not an image")
+    config = {**documented_yaml("# drive7: sequence folders"), "root": str(tmp_path)}
+    assert "drivable fallback" in config["classes"] and len(config["classes"]) == 7
+    for split, ids in frames.items():
+        dataset = build_dataset(config, split)
+        assert sorted(dataset.ids) == sorted(ids)
+        assert dataset.classes == tuple(config["classes"])
+        statistics = class_statistics(dataset, progress=False)
+        classes = len(config["classes"])
+        assert sum(statistics["images"][:classes]) == len(ids) and statistics["pixels"][classes] == len(ids)
+        assert statistics["sizes"] == {(32, 24): len(ids)}
+    workflow = documented_yaml("# drive7 workflow")
+    workflow["datasets"]["drive7"]["dataset"]["root"] = str(tmp_path)
+    assert workflow["datasets"]["drive7"]["dataset"] == config
+    plan = build_plan(workflow)
+    assert list(plan.tables) == ["table1"] and set(plan.tables["table1"]["column_adapters"].values()) == {"folder"}
+    assert {run.method for run in plan.runs.values() if run.role == "student"} == {"sup", "mgd"}

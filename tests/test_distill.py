@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import math
 
 import pandas as pd
 import pytest
@@ -148,9 +148,15 @@ def test_baselines_train(setup, method, terms):
     cfg = distill_config(setup, method, {"name": method}, iterations=12)
     trainer = run(cfg)
     assert logged_terms(setup, method) == terms
-    losses = pd.read_csv(setup["root"] / method / "log.csv")["loss"].tolist()
+    log = pd.read_csv(setup["root"] / method / "log.csv")
+    losses = log["loss"].tolist()
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) < sum(losses[:3]), losses
+    # every distillation term is live (a teacher that gave the student's own outputs would log 0),
+    # and the total is the sum of the logged terms, so none is computed but left out of the loss
+    for term in terms - {"sup"}:
+        assert (log[f"loss/{term}"] > 0).all() and log[f"loss/{term}"].map(math.isfinite).all(), term
+    assert log[[f"loss/{term}" for term in terms]].sum(axis=1).to_numpy() == pytest.approx(log["loss"].to_numpy(), rel=1e-4)
     exported = load_model(setup["root"] / method / "model.pt")
     assert exported.num_classes == trainer.num_classes
 
@@ -189,3 +195,95 @@ def test_teacher_class_names_must_be_the_datasets(setup, tmp_path):
         save_model(tmp_path / name, build_model("resnet18d", num_classes=len(CLASSES)), classes=classes)
         cfg["method"]["teachers"] = [{"name": "TD", "model": str(tmp_path / name)}]
         Trainer(validate_config(cfg))
+
+
+def running_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in model.named_buffers() if "running_" in name}
+
+
+def objective_and_batch(setup: dict, out: str, method: dict):
+    trainer = Trainer(validate_config(distill_config(setup, out, method)))
+    trainer.objective.set_modes()
+    return trainer.objective, next(trainer.batches())
+
+
+def test_mgd_separate_forward_is_the_official_sequence(setup):
+    from mgd.losses import image_level_loss, pixel_consistency_loss, region_level_loss, supervised_ce_loss
+
+    objective, batch = objective_and_batch(setup, "mgd_separate", {"name": "mgd"})
+    initial = copy.deepcopy(objective.trainable["student"])
+    terms = objective.losses(batch)
+    # V18/train.py written out for the student: u0, u1 without gradients (:243-244), the mixed
+    # image (:273), the labeled crops (:314); teachers in eval mode give the same targets
+    student = copy.deepcopy(initial)
+    with torch.no_grad():
+        for view in batch.unlabeled:
+            student(view.image)
+    mixed = student(batch.mixed_image())
+    labeled = student(batch.labeled_image)
+    params = objective.params
+    td = objective.teacher_targets("TD", batch, unlabeled=True)
+    tw = objective.teacher_targets("TW", batch, unlabeled=True)
+    expected = {
+        "sup": supervised_ce_loss(labeled.logits, batch.labeled_mask),
+        "pixel_labeled_TD": pixel_consistency_loss(labeled.logits, td.labeled),
+        "pixel_unlabeled_TW": pixel_consistency_loss(mixed.logits, tw.unlabeled_pseudo),
+        "image_TD": params["lambda_image"] * image_level_loss(
+            mixed.logits, td.mixed_logits, reduction="sum", images_summed=params["image_sum_images"]),
+        "region_TW": params["lambda_region"] * region_level_loss(mixed.feature, tw.mixed_feature, grid=(7, 7)),
+    }
+    for name, value in expected.items():
+        torch.testing.assert_close(terms[name], value, msg=name)
+    separate = running_statistics(objective.trainable["student"])
+    official = running_statistics(student)
+    assert all(torch.allclose(separate[name], official[name], rtol=1e-5, atol=1e-6) for name in official)
+    # without the two no-grad forwards the running statistics are others: they count
+    skipped = copy.deepcopy(initial)
+    skipped(batch.mixed_image()), skipped(batch.labeled_image)
+    assert not all(torch.allclose(separate[name], value) for name, value in running_statistics(skipped).items())
+    # joint: one forward on labeled + mixed, other running statistics and losses
+    objective.trainable["student"] = copy.deepcopy(initial)
+    objective.separate = False
+    joint_terms = objective.losses(batch)
+    joint = running_statistics(objective.trainable["student"])
+    assert not all(torch.allclose(separate[name], joint[name], rtol=1e-5, atol=1e-6) for name in joint)
+    assert not torch.allclose(joint_terms["sup"], terms["sup"])
+
+
+@pytest.mark.parametrize("method", ["mgd", "skt"])
+def test_joint_forward_trains(setup, method):
+    out = f"{method}_joint"
+    run(distill_config(setup, out, {"name": method, "forward": "joint"}, iterations=3))
+    losses = pd.read_csv(setup["root"] / out / "log.csv")["loss"].tolist()
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize("mixed_targets", ["teacher", "views"])
+def test_train_mode_teacher_bn_normalises_each_group(setup, mixed_targets):
+    from mgd.teachers.targets import reduce_outputs
+
+    objective, batch = objective_and_batch(
+        setup, f"bn_groups_{mixed_targets}", {"name": "mgd", "teacher_bn": "train", "mixed_targets": mixed_targets})
+    source = objective.teachers.sources["TD"]
+    assert source.per_group
+    teacher = objective.teacher("TD")
+    groups = [batch.labeled_image, *(view.image for view in batch.unlabeled), batch.mixed_image()]
+    with torch.no_grad():
+        once_per_group = [teacher(images) for images in groups]
+        concatenated = teacher(torch.cat(groups)).logits.split([images.shape[0] for images in groups])
+    # batch statistics of a group are not those of the concatenation
+    assert not torch.allclose(once_per_group[0].logits, concatenated[0], atol=1e-4)
+    if mixed_targets == "teacher":
+        targets = objective.teacher_targets("TD", batch, unlabeled=True)
+        torch.testing.assert_close(targets.labeled, once_per_group[0].logits)
+        torch.testing.assert_close(targets.mixed_logits, once_per_group[3].logits)
+        torch.testing.assert_close(targets.mixed_feature, once_per_group[3].feature)
+        assert torch.equal(targets.unlabeled_pseudo, batch.mix_labels(once_per_group[1].logits.argmax(1),
+                                                                      once_per_group[2].logits.argmax(1)))
+    else:
+        views = source.stored_views(batch, unlabeled=True)
+        for view, images in zip(views, groups[:3]):
+            expected = reduce_outputs(teacher, images, source.layout, source.fields)
+            for field, value in vars(expected).items():
+                if value is not None:
+                    assert torch.equal(getattr(view, field), value), field

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ import yaml
 from torch import nn
 
 from mgd.cli import main as mgd_main
+from mgd.errors import ExitStatus
 from mgd.inference import infer_logits
+from mgd.jobs.launch import failure_status
 from mgd.train.config import validate_config
 from mgd.train.loop import Trainer
 
@@ -44,6 +47,12 @@ def config(root: Path, output_dir: Path, method: str = "sup", **optim) -> dict:
         "optim": {"lr": 0.05, "iterations": 2, **optim},
         "runtime": {"device": "cpu", "checkpoint_every": 100, "log_every": 1, "tensorboard": False},
     }
+
+
+def job_environment(**extra: str) -> dict[str, str]:
+    """The environment of an ``mgd job`` that stands in for a 2-GPU job on this CPU machine."""
+    env = {key: value for key, value in os.environ.items() if key not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+    return {**env, "OMP_NUM_THREADS": "2", "MGD_GPUS": "0", "PYTHONPATH": str(REPO_ROOT), **extra}
 
 
 def parameters(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -95,10 +104,8 @@ def test_two_process_job_matches_one_process(split_root, tmp_path):
     cfg["output_dir"] = str(tmp_path / "two")
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {key: value for key, value in os.environ.items() if key not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
-    env.update(OMP_NUM_THREADS="2", MGD_GPUS="0", PYTHONPATH=str(REPO_ROOT))
     result = subprocess.run([sys.executable, "-m", "mgd.cli", "job", "--gpus", "2", "--", "train", "--config", str(path)],
-                            capture_output=True, text=True, env=env, timeout=600)
+                            capture_output=True, text=True, env=job_environment(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes" in result.stderr
     summary = json.loads((tmp_path / "two" / "train.json").read_text())
@@ -115,10 +122,50 @@ def test_job_with_bad_config_fails_before_starting_processes(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("output_dir: x\n")
     result = subprocess.run([sys.executable, "-m", "mgd.cli", "job", "--gpus", "2", "--", "train", "--config", str(path)],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "MGD_GPUS": "0", "PYTHONPATH": str(REPO_ROOT)})
-    assert result.returncode == 2 and "processes" not in result.stderr
-    assert "mgd train: error: config key" in result.stderr
+                            capture_output=True, text=True, timeout=120, env=job_environment())
+    assert result.returncode == ExitStatus.USER_ERROR and "processes" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["mgd job: error: config key <top level>: 'data' is a required property"]
+
+
+@pytest.mark.slow
+def test_job_reads_a_process_user_error_from_its_exit_status(split_root, tmp_path):
+    """A config only the processes can refuse (a labeled batch of 3 split between 2 of them): each
+    stops on its one-line mgd error with status 2, and the job exits with 2 (never reading the log)."""
+    cfg = config(split_root, tmp_path / "run")
+    cfg["data"]["batch_labeled"] = 3
+    path = tmp_path / "odd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = subprocess.run([sys.executable, "-m", "mgd.cli", "job", "--gpus", "2", "--", "train", "--config", str(path)],
+                            capture_output=True, text=True, timeout=300, env=job_environment())
+    assert result.returncode == ExitStatus.USER_ERROR, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 2 and set(errors) == {
+        "mgd train: error: config key data.batch_labeled: 3 is not divisible by 2 processes x 1 accumulation "
+        "steps (optim.accumulate)"}
+    assert "Traceback" not in result.stderr
+    assert "torchrun: " in result.stderr and result.stderr.strip().endswith("exit status 2")
+
+
+@pytest.mark.parametrize(("script", "status"), [
+    ("if os.environ['RANK'] == '1':\n    raise RuntimeError('a bug')\ntime.sleep(60)", ExitStatus.CRASH),
+    ("if os.environ['RANK'] == '1':\n    sys.exit(2)\ntime.sleep(60)", ExitStatus.USER_ERROR),  # as mgd.cli does
+    ("os.kill(os.getpid(), signal.SIGKILL)", 128 + signal.SIGKILL),  # as the OOM killer does
+])
+def test_torchrun_launcher_exits_with_its_failed_processes_status(tmp_path, script, status):
+    """Plain torchrun exits with 1 for all of these; the other processes, terminated by torchrun
+    after the first failure (SIGTERM), do not hide the status of the one that failed."""
+    path = tmp_path / "worker.py"
+    path.write_text(f"import os, signal, sys, time\n{script}\n")
+    result = subprocess.run([sys.executable, "-m", "mgd.jobs.torchrun", "--standalone", "--nproc-per-node", "2",
+                             str(path)], capture_output=True, text=True, timeout=120, env=job_environment())
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "ChildFailedError" not in result.stderr
+
+
+def test_failure_status_prefers_a_process_own_status_to_a_signal():
+    assert failure_status([2, 2]) == failure_status([-15, 2]) == ExitStatus.USER_ERROR
+    assert failure_status([2, 1]) == failure_status([-15, 1]) == ExitStatus.CRASH
+    assert failure_status([-9, -15]) == 137
 
 
 def test_log_written_every_log_every_steps_has_every_step(split_root, tmp_path):
@@ -227,7 +274,7 @@ def test_sliding_windows_in_batches_equal_one_at_a_time():
 def test_multi_gpu_job_takes_all_its_slots_or_none(tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
     env.update(MGD_GPUS="4", MGD_GPU_LOCK_DIR=str(tmp_path / "locks"), PYTHONPATH=str(REPO_ROOT))
-    script = ("import os, sys, time; from mgd.job import claim_gpu; claim_gpu(int(sys.argv[1])); "
+    script = ("import os, sys, time; from mgd.jobs.gpu_slots import claim_gpu; claim_gpu(int(sys.argv[1])); "
               "print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'), flush=True); time.sleep(float(sys.argv[2]))")
     procs = [subprocess.Popen([sys.executable, "-c", script, "2", "1.5"], stdout=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
@@ -250,4 +297,9 @@ def test_gpu_check_tiny_prints_table_and_json(tmp_path):
     for row in report["teachers"] + report["students"] + report["evaluation"]:
         assert row["images_per_s"] > 0 and "peak_memory_mb" in row
     assert {row["method"] for row in report["students"]} == {"sup", "mgd_online", "mgd_cached"}
-    assert "images/s" in result.stdout
+    assert [row["model"] for row in report["loader_vs_step"]] == report["settings"]["students"]
+    for row in report["loader_vs_step"]:
+        students = {student["precision"] for student in report["students"] if student["model"] == row["model"]}
+        assert row["loader_samples_per_s"] > 0 and set(row["step_samples_per_s"]) == students
+        assert row["bound"] in ("loader", "step")
+    assert "images/s" in result.stdout and "loader samples/s" in result.stdout

@@ -37,9 +37,18 @@ def _conda_pins(path: Path) -> dict[str, str]:
 
 
 def _requirement_names() -> set[str]:
+    """The packages of the dependencies and of every extra (an extra naming ``mgd[...]`` itself
+    adds nothing beyond the extras it names, which are counted anyway)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + project["optional-dependencies"]["test"]
-    return {re.split(r"[<>=!~ \[]", req, maxsplit=1)[0].lower() for req in requirements}
+    requirements = project["dependencies"] + [req for extra in project["optional-dependencies"].values() for req in extra]
+    names = {re.split(r"[<>=!~ \[]", req, maxsplit=1)[0].lower() for req in requirements}
+    return names - {project["name"]}
+
+
+def test_the_test_extra_installs_the_export_extra():
+    """CI installs ``.[test]``: the ONNX export tests then run instead of skipping."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "mgd[export]" in extras["test"] and extras["export"]
 
 
 def test_constraints_pin_every_dependency():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mgd.cli import main as cli_main
 from mgd.data import build_dataset
-from mgd.evaluate import evaluate_model
+from mgd.evaluation import evaluate_model
 from mgd.io import sha256_file
 from mgd.metrics import ConfusionMatrix
 from mgd.models import build_model, save_model
@@ -81,10 +81,11 @@ def test_evaluate_writes_metrics_matching_a_direct_computation(workspace, capsys
     # Every labeled pixel of the split is counted exactly once (the first 3 rows are ignore).
     assert matrix.sum() == sum((height - 3) * width for height, width in IMAGE_SIZES)
 
-    expected = ConfusionMatrix(len(CLASSES))
-    expected.matrix = torch.tensor(metrics["confusion_matrix"])
-    assert metrics["miou"] == pytest.approx(expected.compute()["miou"])
-    assert metrics["pixel_acc"] == pytest.approx(expected.compute()["pixel_acc"])
+    recomputed = ConfusionMatrix(len(CLASSES))
+    recomputed.matrix = torch.tensor(metrics["confusion_matrix"])
+    expected = recomputed.compute()
+    assert metrics["miou"] == pytest.approx(expected["miou"])
+    assert metrics["pixel_acc"] == pytest.approx(expected["pixel_acc"])
 
 
 def test_evaluate_model_on_id_subset_matches_cli_ids(workspace):
@@ -132,6 +133,23 @@ def test_predict_writes_palette_masks(workspace):
         assert mask.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]
 
 
+def test_predict_overlay_is_the_image_blended_with_the_mask(workspace):
+    from mgd.overlays import overlay
+
+    images = workspace / "data" / "val" / "images"
+    out = workspace / "pred_overlay"
+    assert run_cli("predict", "--model", workspace / "model.pt", "--input", images, "--output", out,
+                   "--palette-from", workspace / "dataset.yaml", "--overlay", "--alpha", 0.25, "--device", "cpu") == 0
+    for index, (height, width) in enumerate(IMAGE_SIZES):
+        with Image.open(out / f"img{index}.png") as mask, Image.open(images / f"img{index}.png") as image:
+            expected = overlay(np.asarray(image.convert("RGB")), np.asarray(mask), PALETTE, 0.25)
+        with Image.open(out / "overlay" / f"img{index}.png") as blended:
+            assert blended.mode == "RGB" and blended.size == (width, height)
+            assert np.array_equal(np.asarray(blended), expected)
+    assert run_cli("predict", "--model", workspace / "model.pt", "--input", images, "--output", out,
+                   "--overlay", "--alpha", 1.5) == 2
+
+
 def test_predict_errors(workspace, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("not an image")
@@ -140,3 +158,74 @@ def test_predict_errors(workspace, tmp_path, capsys):
                        "--output", tmp_path / "out") == 2
         assert str(folder) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("size, window, margins", [
+    (5, 10, (2, 3)), (4, 10, (3, 3)), (9, 10, (0, 1)), (10, 10, (0, 0)), (12, 10, (0, 0)),
+])
+def test_centred_margins_are_the_codes(size, window, margins):
+    from mgd.inference import centred_margins
+
+    # furnace/utils/img_utils.py:66-69: pad // 2 before, pad // 2 + pad % 2 after
+    assert centred_margins(size, window) == margins
+    pad = max(window - size, 0)
+    assert margins == (pad // 2, pad // 2 + pad % 2)
+
+
+def edge_sensitive_model() -> torch.nn.Module:
+    """Two 3x3 convolutions with a bias between: what the padding holds shows at the image's edges."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 3, padding=1))
+    with torch.no_grad():
+        model[0].bias.fill_(1.0)
+    return model.eval()
+
+
+def test_slide_pads_a_small_image_centred_with_the_mean_colour():
+    from mgd.inference import infer_logits
+
+    model, image = edge_sensitive_model(), torch.randn(2, 3, 5, 7)
+    logits = infer_logits(model, image, mode="slide", window=10, num_classes=3)
+    assert logits.shape == (2, 3, 5, 7)
+    # long side 7 <= window: the normalised image padded with 0 (evaluator.py:228-232), margins 2/3 and 1/2
+    with torch.no_grad():
+        expected = model(torch.nn.functional.pad(image, (1, 2, 2, 3)))[:, :, 2:7, 1:8]
+        bottom_right = model(torch.nn.functional.pad(image, (0, 3, 0, 5)))[:, :, :5, :7]
+    torch.testing.assert_close(logits, expected)
+    assert not torch.allclose(logits, bottom_right)
+
+
+def test_slide_pads_a_side_below_the_window_with_black_when_the_other_exceeds_it():
+    from mgd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from mgd.inference import infer_logits
+
+    model, image = edge_sensitive_model(), torch.randn(1, 3, 7, 20)
+    logits = infer_logits(model, image, mode="slide", window=16, num_classes=3)
+    assert logits.shape == (1, 3, 7, 20)
+    # long side 20 > window: the raw image padded with 0 (black) before normalising
+    # (evaluator.py:236-237, 259): rows 4 above, 5 below, in normalised units -mean / std
+    black = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
+    padded = black.expand(1, 3, 16, 20).clone()
+    padded[:, :, 4:11] = image
+    expected = infer_logits(model, padded, mode="slide", window=16, num_classes=3)[:, :, 4:11]
+    torch.testing.assert_close(logits, expected)
+    mean_colour = torch.nn.functional.pad(image, (0, 0, 4, 5))
+    assert not torch.allclose(logits, infer_logits(model, mean_colour, mode="slide", window=16)[:, :, 4:11])
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_help_shows_every_default(command, capsys):
+    """`mgd evaluate --help` names the default of every option that has one (--mode whole, no
+    --window), so a user sees which mode a bare command scores with."""
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"mgd.commands.{command}").add_arguments(parser)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help" and not action.required:
+            assert "(default:" in (action.help or ""), f"{command} {action.option_strings[0]}: {action.help!r}"
+    with pytest.raises(SystemExit):
+        cli_main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: whole;" in text and "needed by --mode slide (default: none)" in text

@@ -81,16 +81,16 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_cycle_detection_finds_a_cycle():
-    graph = {"mgd.cache": {"mgd.train.loop"}, "mgd.train.loop": {"mgd.train.objectives.distill"},
-             "mgd.train.objectives.distill": {"mgd.cache"}, "mgd.errors": set()}
-    assert cycles(graph) == [["mgd.cache", "mgd.train.loop", "mgd.train.objectives.distill"]]
+    graph = {"mgd.teachers.caching": {"mgd.train.loop"}, "mgd.train.loop": {"mgd.train.objectives.distill"},
+             "mgd.train.objectives.distill": {"mgd.teachers.caching"}, "mgd.errors": set()}
+    assert cycles(graph) == [["mgd.teachers.caching", "mgd.train.loop", "mgd.train.objectives.distill"]]
 
 
 def test_no_import_cycles_among_mgd_modules():
     modules = module_names()
-    assert {"mgd.cache", "mgd.train.teacher_cache", "mgd.train.teachers"} <= set(modules)
+    assert {"mgd.commands.cache", "mgd.teachers.storage", "mgd.teachers.sources"} <= set(modules)
     graph = import_graph(modules)
-    assert "mgd.train.teacher_cache" in graph["mgd.train.objectives.distill"]
+    assert "mgd.teachers.sources" in graph["mgd.train.objectives.distill"]
     assert cycles(graph) == []
 
 
@@ -99,3 +99,18 @@ def test_every_module_imports_in_a_fresh_interpreter():
     result = subprocess.run([sys.executable, "-c", code, *module_names()], capture_output=True, text=True,
                             cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stderr.strip().splitlines()[-1:]
+
+
+def test_cache_storage_format_is_numpy_only():
+    code = ("import sys, mgd.teachers.storage; "
+            "assert not {'torch', 'torchvision', 'timm'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)
+
+
+def test_layers_contract_holds():
+    """import-linter's layers contract (pyproject.toml, [tool.importlinter]): no module imports a layer above its own."""
+    command = "from importlinter.cli import lint_imports_command; lint_imports_command()"  # the lint-imports script
+    result = subprocess.run([sys.executable, "-c", command, "--no-cache"], capture_output=True, text=True,
+                            cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 kept, 0 broken" in result.stdout

@@ -281,11 +281,34 @@ def test_ohem_threshold_and_min_kept_rules(min_kept, kept_pixels):
     assert loss.item() == pytest.approx(ref_ohem(logits, target, 0.7, min_kept))
 
 
-@pytest.mark.parametrize("min_kept_per_image", [1, 5, 10, 50])
-def test_ohem_matches_reference_on_random_batch(min_kept_per_image):
-    logits, target = randn(B, N, H, W, seed=2) * 2, random_labels(seed=3)
+@pytest.mark.parametrize("ignore_fraction", [0.0, 0.25, 0.9, 1.0])
+@pytest.mark.parametrize("min_kept_per_image", [0, 1, 5, 10, 16, 50])
+def test_ohem_matches_reference_on_random_batch(min_kept_per_image, ignore_fraction):
+    # 16 = H * W: min_kept is every pixel of the batch; with ignored pixels |V| < min_kept
+    logits, target = randn(B, N, H, W, seed=2) * 2, random_labels(seed=3, ignore_fraction=ignore_fraction)
     loss = losses.ohem_ce_loss(logits, target, threshold=0.4, min_kept_per_image=min_kept_per_image)
     assert loss.item() == pytest.approx(ref_ohem(logits, target, 0.4, min_kept_per_image))
+
+
+def test_ohem_with_exactly_min_kept_valid_pixels_keeps_them_all():
+    # one image (min_kept counts per image), threshold 0: only the min_kept rule keeps pixels
+    logits, target = randn(1, N, H, W, seed=2) * 2, random_labels(seed=3)[:1]
+    num_valid = int((target != IGNORE).sum())
+    loss = losses.ohem_ce_loss(logits, target, threshold=0.0, min_kept_per_image=num_valid)
+    assert loss.item() == pytest.approx(ref_ce(logits, target))
+    fewer = losses.ohem_ce_loss(logits, target, threshold=0.0, min_kept_per_image=num_valid - 1)
+    assert fewer.item() == pytest.approx(ref_ohem(logits, target, 0.0, num_valid - 1))
+    assert fewer.item() != pytest.approx(loss.item())
+
+
+def test_ohem_traces_without_graph_breaks():
+    # fullgraph=True fails on any Python number or branch taken from tensor data (a host sync
+    # on CUDA: int(), .item(), bool()); the eager backend only traces, so this stays fast.
+    compiled = torch.compile(losses.ohem_ce_loss, backend="eager", fullgraph=True)
+    logits, target = randn(B, N, H, W, seed=2) * 2, random_labels(seed=3)
+    for min_kept in (0, 5, 50):
+        loss = compiled(logits, target, threshold=0.4, min_kept_per_image=min_kept)
+        assert loss.item() == pytest.approx(ref_ohem(logits, target, 0.4, min_kept))
 
 
 def test_ohem_keeps_at_least_min_kept_pixels_per_image():
@@ -460,6 +483,24 @@ def test_mean_teacher_matches_reference():
     assert loss.item() == pytest.approx(ref_mean_teacher(student, teacher))
 
 
+def test_kd_is_ifvd_criterion_times_classes():
+    # IFVD (utils/criterion.py:37,48): KLDivLoss() at its PyTorch 0.4.1 default, a mean over all
+    # B*N*H*W elements; mgd means over the B*H*W pixels, so IFVD's lambda_kd 10 is 10 / N here
+    student, teacher = randn(B, N, H, W, seed=0), randn(B, N, H, W, seed=1)
+    ifvd = F.kl_div(F.log_softmax(student, dim=1), F.softmax(teacher, dim=1), reduction="sum") / student.numel()
+    assert (10 / N * losses.kd_loss(student, teacher, 1.0)).item() == pytest.approx(10 * ifvd.item())
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_cwd_is_mmrazor_channel_wise_divergence(tau):
+    # mmrazor/models/losses/cwd.py:38-49, loss_weight 1
+    student, teacher = randn(B, N, H, W, seed=0), randn(B, N, H, W, seed=1)
+    soft_teacher = F.softmax(teacher.view(-1, W * H) / tau, dim=1)
+    mmrazor = torch.sum(soft_teacher * F.log_softmax(teacher.view(-1, W * H) / tau, dim=1)
+                        - soft_teacher * F.log_softmax(student.view(-1, W * H) / tau, dim=1)) * tau**2 / (N * B)
+    assert losses.cwd_loss(student, teacher, tau).item() == pytest.approx(mmrazor.item())
+
+
 @pytest.mark.parametrize("loss_fn", [losses.kd_loss, losses.cwd_loss])
 def test_temperature_must_be_positive(loss_fn):
     student = randn(B, N, H, W, seed=0)
@@ -552,3 +593,30 @@ def test_gradient_reaches_student_not_teacher(name, teacher_requires_grad):
     ALL_LOSSES[name](student, teacher).backward()
     assert student.grad is not None and torch.any(student.grad != 0)
     assert teacher.grad is None
+
+
+# ---- float32 under autocast ----------------------------------------------------------------------
+
+LABELS = random_labels(seed=3)
+PRECISION_CASES = {
+    "supervised_ce": lambda s, t: losses.supervised_ce_loss(s, LABELS),
+    "ohem": lambda s, t: losses.ohem_ce_loss(s, LABELS, threshold=0.4, min_kept_per_image=5),
+    "self_similarity": lambda s, t: losses.self_similarity(s, (2, 2)),
+    "flow_matrix": lambda s, t: losses.flow_matrix(s, t[:, :, ::2, ::2]),
+    **ALL_LOSSES,
+}
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(PRECISION_CASES))
+def test_losses_compute_in_float32_under_bf16_autocast(name, input_dtype):
+    # float32 inputs, or bf16 ones as a model under autocast returns them: the result is float32
+    # and equals the float32 computation on the same input values
+    student = randn(B, N, H, W, seed=0).to(input_dtype)
+    teacher = randn(B, N, H, W, seed=1).to(input_dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = PRECISION_CASES[name](student, teacher)
+    full = PRECISION_CASES[name](student.float(), teacher.float())
+    assert under_autocast.dtype == full.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, full, rtol=1e-3, atol=1e-6)
+

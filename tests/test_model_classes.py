@@ -51,6 +51,6 @@ def test_evaluate_refuses_other_class_names_naming_both(workspace, capsys) -> No
 
 def test_evaluate_accepts_equal_names_and_warns_without_names(workspace, caplog) -> None:
     assert evaluate(workspace, "same.pt") == 0
-    with caplog.at_level(logging.WARNING, logger="mgd.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="mgd.evaluation"):
         assert evaluate(workspace, "unnamed.pt") == 0
     assert "unnamed.pt records no class names" in caplog.text

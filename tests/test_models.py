@@ -18,6 +18,7 @@ from mgd.models import (
     load_backbone_weights,
     load_model,
     save_model,
+    sync_batchnorm,
     timm_pretrained_tag,
     weights_sha256,
 )
@@ -131,6 +132,50 @@ def test_head_upsamples_with_align_corners(models: dict) -> None:
             model.classifier(out.feature), size=(64, 64), mode="bilinear", align_corners=True
         )
     torch.testing.assert_close(out.logits, expected)
+
+
+def test_logits_are_float32_under_bf16_autocast(models: dict) -> None:
+    # the losses and the pseudo-labels' argmax see float32 logits; the rest runs in bf16
+    model = models["resnet18_v1c"].eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+    assert out.feature.dtype == torch.bfloat16
+    assert out.logits.dtype == torch.float32
+    with torch.no_grad():
+        expected = torch.nn.functional.interpolate(
+            model.classifier(out.feature.float()), size=(64, 64), mode="bilinear", align_corners=True
+        )
+    torch.testing.assert_close(out.logits, expected)
+
+
+def batchnorm_kinds(module: torch.nn.Module) -> tuple[int, int]:
+    """(SyncBatchNorm count, other BatchNorm count) in ``module``."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    synced = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    return synced, len(norms) - synced
+
+
+@pytest.mark.parametrize("backbone", ["resnet18_v1c", "mobilenetv2_dilated", "mobilenetv2_100"])
+def test_sync_batchnorm_leaves_mobilenet_backbones_per_process(backbone: str) -> None:
+    # the official code: SyncBatchNorm everywhere except torchvision's MobileNetV2 backbone
+    torch.manual_seed(0)
+    model = build_model(backbone, NUM_CLASSES).eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(images).logits
+    converted = sync_batchnorm(model)
+    backbone_synced, backbone_plain = batchnorm_kinds(converted.backbone)
+    head_synced, head_plain = batchnorm_kinds(torch.nn.ModuleList([converted.aspp, converted.decoder]))
+    assert head_synced > 0 and head_plain == 0
+    if backbone.startswith("mobilenetv2"):
+        assert backbone_synced == 0 and backbone_plain > 0
+        # timm's BatchNormAct2d keeps its activation (a SyncBatchNorm in its place would drop it)
+        assert type(converted.backbone.bn1).__name__ == "BatchNormAct2d"
+    else:
+        assert backbone_synced > 0 and backbone_plain == 0
+    with torch.no_grad():  # eval mode: the same function, only the training statistics differ
+        torch.testing.assert_close(converted(images).logits, before)
 
 
 def test_output_stride_and_multi_grid_are_configurable() -> None:

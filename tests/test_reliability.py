@@ -15,7 +15,8 @@ import yaml
 
 from mgd.cli import main as cli_main
 from mgd.io import remove_orphaned_temp_files, write_text_atomic
-from mgd.job import guard_checkpoint
+from mgd.commands.job import train_inputs
+from mgd.jobs.checkpoint_guard import guard_checkpoint
 from mgd.splits import Split, read_split, write_split
 
 IDS = [f"img_{index:03d}" for index in range(12)]
@@ -50,7 +51,7 @@ def train_job(tmp_path):
     teacher.write_bytes(b"teacher weights")
     commands = [["train", "--config", str(config)]]
     inputs = [str(config), str(split_dir / "split.json"), str(split_dir / "labeled.txt"), str(teacher)]
-    guard_checkpoint(run_dir, inputs, commands)  # the first job stamps its inputs ...
+    guard_checkpoint(run_dir, inputs, train_inputs(commands))  # the first job stamps its inputs ...
     (run_dir / "checkpoint.pt").write_bytes(b"state")  # ... and is killed after a checkpoint
     return run_dir, config, teacher, inputs, commands
 
@@ -64,7 +65,7 @@ def edit_config(config: Path, section: str, key: str, value) -> None:
 def test_job_keeps_a_checkpoint_when_only_keys_train_ignores_change(train_job, capsys):
     run_dir, config, _, inputs, commands = train_job
     edit_config(config, "runtime", "checkpoint_every", 1)  # other bytes, same mgd train config hash
-    guard_checkpoint(run_dir, inputs, commands)
+    guard_checkpoint(run_dir, inputs, train_inputs(commands))
     assert (run_dir / "checkpoint.pt").read_bytes() == b"state"
     assert f"resuming from {run_dir / 'checkpoint.pt'}" in capsys.readouterr().err
 
@@ -76,7 +77,7 @@ def test_job_sets_a_stale_checkpoint_aside(train_job, capsys, change):
         edit_config(config, "optim", "lr", 0.02)
     else:
         teacher.write_bytes(b"retrained teacher weights")
-    guard_checkpoint(run_dir, inputs, commands)
+    guard_checkpoint(run_dir, inputs, train_inputs(commands))
     assert not (run_dir / "checkpoint.pt").exists()
     (aside,) = run_dir.glob("checkpoint.stale-*.pt")
     assert aside.read_bytes() == b"state"
@@ -85,7 +86,7 @@ def test_job_sets_a_stale_checkpoint_aside(train_job, capsys, change):
     assert ("mgd train config hash" if change == "config" else str(teacher)) in err
     # the next rerun with the same inputs resumes the checkpoint that run writes
     (run_dir / "checkpoint.pt").write_bytes(b"new state")
-    guard_checkpoint(run_dir, inputs, commands)
+    guard_checkpoint(run_dir, inputs, train_inputs(commands))
     assert (run_dir / "checkpoint.pt").exists() and "resuming" in capsys.readouterr().err
 
 
@@ -95,7 +96,7 @@ def test_job_removes_temp_files_an_interrupted_write_left(train_job, capsys):
     kept = [run_dir / "notes.tmp", run_dir / ".hidden"]
     for path in orphans + kept:
         path.write_bytes(b"x")
-    guard_checkpoint(run_dir, inputs, commands)
+    guard_checkpoint(run_dir, inputs, train_inputs(commands))
     assert [path.exists() for path in orphans + kept] == [False, False, True, True]
     err = capsys.readouterr().err
     assert all(str(path) in err for path in orphans)
@@ -208,12 +209,12 @@ def test_an_unwritable_output_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_an_oserror_naming_no_file_keeps_its_traceback(monkeypatch):
-    import mgd.splits
+    import mgd.commands.splits
 
     def broken(args):
         raise OSError("a bug, not a path")
 
-    monkeypatch.setattr(mgd.splits, "main", broken)
+    monkeypatch.setattr(mgd.commands.splits, "main", broken)
     with pytest.raises(OSError, match="a bug"):
         run_cli("splits", "import", "--labeled", "l", "--unlabeled", "u", "--out", "o")
 

@@ -1,8 +1,6 @@
 import json
 import random
-import types
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
@@ -309,22 +307,19 @@ def test_cli_errors_are_reported_before_writing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_cli_dataset_config(tmp_path, monkeypatch, capsys):
-    requests = []
+def test_cli_dataset_config(synthetic_root, tmp_path, capsys):
+    from mgd.data import build_dataset
 
-    def build_dataset(cfg, split):
-        requests.append((cfg, split))
-        return types.SimpleNamespace(ids=make_ids(16), labeled_ids=make_ids(16))
-
-    import mgd.data
-
-    monkeypatch.setattr(mgd.data, "build_dataset", build_dataset)
-    config = tmp_path / "voc.yaml"
-    config.write_text("name: voc\nroot: /data/voc\n")
+    config = tmp_path / "synthetic.yaml"
+    config.write_text(f"name: synthetic\nroot: {synthetic_root}\n")
     make = ["splits", "make", "--dataset-config", str(config), "--out", str(tmp_path / "s")]
     assert cli_main([*make, "--ratios", "1/8"]) == 0
-    assert requests == [({"name": "voc", "root": "/data/voc"}, "train")]
-    assert len(read_split(tmp_path / "s" / "1-8").labeled) == 2
+    train_ids = build_dataset({"name": "synthetic", "root": str(synthetic_root)}, "train").ids
+    split = read_split(tmp_path / "s" / "1-8")
+    assert len(split.labeled) == 3  # ceil(24 / 8) of the 24 train images
+    assert split.labeled == make_ratio_splits(train_ids, ["1/8"], seed=0)["1-8"].labeled
+    assert sorted(split.labeled + split.unlabeled) == sorted(train_ids)
+    assert split.meta["source"] == f"{config} (train)"
     capsys.readouterr()
 
     def run_with(config_path):
@@ -335,6 +330,6 @@ def test_cli_dataset_config(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "missing.yaml"
     assert run_with(missing) == (2, f"mgd splits: error: dataset config {missing} does not exist\n")
     config.write_text("- a list\n")
-    assert "voc.yaml must hold a mapping" in run_with(config)[1]
+    assert "synthetic.yaml must hold a mapping" in run_with(config)[1]
     config.write_text("name: [unclosed\n")
-    assert "voc.yaml is not readable YAML" in run_with(config)[1]
+    assert "synthetic.yaml is not readable YAML" in run_with(config)[1]

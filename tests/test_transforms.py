@@ -3,15 +3,18 @@ import pytest
 import torch
 from torch.nn.functional import max_pool2d
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from mgd.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Padding,
     box_mask,
     cutmix_box_masks,
     cutmix_boxes,
     denormalize,
-    eval_transform,
+    normalize,
+    pad_constant,
     train_transform,
 )
 from mgd.errors import ConfigError
@@ -36,22 +39,35 @@ def encoded_pair(height=24, width=36, block=4, seed=0):
     return tv_tensors.Image(image), tv_tensors.Mask(mask)
 
 
+def no_padding(image):
+    return Padding(torch.zeros(image.shape[-2:], dtype=torch.bool))
+
+
+def normalised(transform, image, mask):
+    """The training pipeline as the loop completes it: uint8 geometry, then normalize on the device."""
+    out_image, out_mask, padding = transform(image, mask, no_padding(image))
+    return normalize(out_image, padding), out_mask
+
+
 def test_train_output_types_and_shapes():
     image, mask = random_pair()
-    out_image, out_mask = train_transform(32)(image, mask)
+    out_image, out_mask, padding = train_transform(32)(image, mask, no_padding(image))
     assert isinstance(out_image, tv_tensors.Image) and isinstance(out_mask, tv_tensors.Mask)
-    assert out_image.dtype == torch.float32 and out_image.shape == (3, 32, 32)
+    assert isinstance(padding, Padding) and padding.dtype == torch.bool and padding.shape == (32, 32)
+    assert out_image.dtype == torch.uint8 and out_image.shape == (3, 32, 32)
     assert out_mask.dtype == torch.int64 and out_mask.shape == (32, 32)
     out_image, out_mask = train_transform((16, 24))(image, mask)
     assert out_image.shape == (3, 16, 24) and out_mask.shape == (16, 24)
+    assert normalize(out_image).dtype == torch.float32
 
 
-def test_small_images_are_normalised_then_padded():
-    # As the CPS/MGD code: normalise first, then pad, so padded pixels are 0 (the mean colour),
-    # not the normalised black of padding before normalisation; the mask is padded with 255.
+def test_small_images_are_padded_with_the_mean_colour():
+    # As the CPS/MGD code: padded pixels are 0 after normalisation (the mean colour), not the
+    # normalised black; the mask is padded with 255 and the Padding marker with True.
     image, mask = random_pair(height=20, width=30)
-    out_image, out_mask = train_transform(64, scales=(1.0,), flip=False)(image, mask)
-    assert (out_mask == 255).sum() == 64 * 64 - 20 * 30
+    out_image, out_mask, padding = train_transform(64, scales=(1.0,), flip=False)(image, mask, no_padding(image))
+    assert (out_mask == 255).sum() == 64 * 64 - 20 * 30 and torch.equal(padding, out_mask == 255)
+    out_image = normalize(out_image, padding)
     assert torch.equal(out_image[:, out_mask == 255], torch.zeros(3, 64 * 64 - 20 * 30))
     # Centred padding (half before, the rest after), as the code's pad_image_to_shape.
     assert torch.equal(out_mask[22:42, 17:47], mask)
@@ -65,6 +81,7 @@ def test_labels_are_never_interpolated():
     torch.manual_seed(0)
     for _ in range(12):
         _, out_mask = transform(image, mask)
+        assert out_mask.dtype == torch.int64
         assert set(out_mask.unique().tolist()) <= {0, 3, 7, 255}
 
 
@@ -73,7 +90,7 @@ def test_image_and_mask_stay_aligned_under_crop_and_flip(seed):
     image, mask = encoded_pair()
     torch.manual_seed(seed)
     # Crop taller and narrower than the image: both padding and a random offset are exercised.
-    out_image, out_mask = train_transform((32, 20), scales=(1.0,))(image, mask)
+    out_image, out_mask = normalised(train_transform((32, 20), scales=(1.0,)), image, mask)
     pixels = torch.from_numpy(denormalize(out_image)).long()[..., 0]
     # padding is 0 after normalisation: the mean colour once denormalised
     mean_red = round(IMAGENET_MEAN[0] * 255)
@@ -85,13 +102,13 @@ def test_image_and_mask_stay_aligned_under_scaling():
     image, mask = encoded_pair(height=48, width=48, block=8)
     torch.manual_seed(1)
     for _ in range(6):
-        out_image, out_mask = train_transform(40, scales=(0.5, 0.75, 1.5, 2.0))(image, mask)
+        out_image, out_mask = normalised(train_transform(40, scales=(0.5, 0.75, 1.5, 2.0)), image, mask)
         pixels = torch.from_numpy(denormalize(out_image)).float()[..., 0]
         decoded = (pixels / LABEL_STEP).round().long()
         labels = out_mask[None].float()
         highest, lowest = max_pool2d(labels, 3, 1, 1), -max_pool2d(-labels, 3, 1, 1)
         near_border = (highest != labels) | (lowest != labels)
-        # Bilinear/antialias mixing may only blur pixels next to a label border of the mask.
+        # Bilinear mixing may only blur pixels next to a label border of the mask.
         mismatch = (decoded != out_mask) & (out_mask != 255)
         assert not (mismatch & ~near_border[0]).any()
         assert mismatch.float().mean() < 0.3
@@ -113,11 +130,14 @@ def test_flip_happens_and_is_seeded():
     assert all(torch.equal(no_flip(image, mask)[1], mask) for _ in range(4))
 
 
-def test_eval_transform_and_denormalize_round_trip():
-    image, mask = random_pair()
-    out_image, out_mask = eval_transform(IMAGENET_MEAN, IMAGENET_STD)(image, mask)
+def test_normalize_and_denormalize_round_trip():
+    image, _ = random_pair()
+    out_image = normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     assert out_image.dtype == torch.float32 and out_image.shape == image.shape
-    assert torch.equal(out_mask, mask)
+    batched = normalize(torch.stack([image, image.flip(-1)]), torch.zeros(2, 40, 50, dtype=torch.bool))
+    assert torch.equal(batched[0], out_image) and torch.equal(batched[1], out_image.flip(-1))
+    with pytest.raises(ValueError, match="uint8"):
+        normalize(out_image)
     restored = denormalize(out_image, IMAGENET_MEAN, IMAGENET_STD)
     assert restored.dtype == np.uint8 and restored.shape == (40, 50, 3)
     assert np.array_equal(restored, image.permute(1, 2, 0).numpy())
@@ -132,13 +152,17 @@ def test_eval_transform_and_denormalize_round_trip():
         ({"crop_size": (32, 32, 3)}, "crop_size"),
         ({"crop_size": 32, "scales": ()}, "scales"),
         ({"crop_size": 32, "scales": (1.0, -0.5)}, "scales"),
-        ({"crop_size": 32, "std": (0.2, 0.0, 0.2)}, "std"),
-        ({"crop_size": 32, "mean": (0.5, 0.5)}, "mean/std"),
     ],
 )
 def test_bad_transform_settings(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         train_transform(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"std": (0.2, 0.0, 0.2)}, "std"), ({"mean": (0.5, 0.5)}, "mean/std")])
+def test_bad_normalization_settings(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        normalize(random_pair()[0], **kwargs)
 
 
 def test_box_masks_shape_coverage_and_bounds():
@@ -198,7 +222,7 @@ def test_box_masks_follow_the_documented_rule():
     assert torch.equal(again, reference_box_mask(boxes, 30, 40))
     # with three boxes of up to a sixth of the image each, some masks have XOR-ed overlaps
     covered_by_two = [
-        sum(1 for t, l, b, r in image_boxes if t <= y < b and l <= x < r) == 2
+        sum(1 for top, left, bottom, right in image_boxes if top <= y < bottom and left <= x < right) == 2
         for image_boxes in boxes.tolist() for y in range(30) for x in range(40)
     ]
     assert any(covered_by_two)
@@ -210,3 +234,20 @@ def test_box_masks_follow_the_documented_rule():
 def test_bad_box_settings(kwargs):
     with pytest.raises(ConfigError, match="cutmix"):
         cutmix_box_masks(2, 8, 8, torch.Generator(), **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "mask", "marker"])
+def test_pad_constant_equals_torchvision_pad_and_keeps_the_layout(layout):
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (7, 9, 3), dtype=torch.uint8, generator=generator)
+    tensor, fill = {
+        "channels_last": (image.permute(2, 0, 1), 0),  # PIL's HxWx3 viewed as 3xHxW, as the loader reads it
+        "contiguous": (image.permute(2, 0, 1).contiguous(), 0),
+        "mask": (image[..., 0], 255),
+        "marker": (torch.zeros((), dtype=torch.bool).expand(7, 9), True),
+    }[layout]
+    padding = [2, 1, 3, 4]  # left, top, right, bottom
+    padded = pad_constant(tensor, padding, fill)
+    reference = tensor.contiguous() if tensor.ndim == 3 else tv_tensors.Mask(tensor.contiguous())
+    assert torch.equal(padded, v2.functional.pad(reference, padding=padding, fill=fill).as_subclass(torch.Tensor))
+    assert (padded.permute(1, 2, 0) if layout == "channels_last" else padded).is_contiguous()

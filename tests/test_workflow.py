@@ -39,6 +39,26 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def planned(*configfiles: str, overrides: tuple[str, ...] = ()):
+    """The plan of a config as `mgd plan` builds it (mgd/plan; its sizes are asserted in
+    tests/test_plan.py and tests/test_default_config.py)."""
+    from mgd.plan import build_plan, load_workflow_config
+
+    return build_plan(load_workflow_config([str(REPO / name) for name in configfiles or ["config/config.yaml"]],
+                                           list(overrides)))
+
+
+def assert_dag_trains_the_plan(counts: dict[str, int], plan) -> None:
+    """The dry-run schedules each planned run once: the teachers and students, their configs,
+    one split per partition, every table."""
+    roles = [run.role for run in plan.runs.values() if not run.imported]
+    assert (counts["train_teacher"], counts["train_student"]) == (roles.count("teacher"), roles.count("student"))
+    assert counts["run_config"] == len(roles)
+    assert counts["split"] == len({run.partition_key for run in plan.runs.values()})
+    assert counts["table"] == counts["table_spec"] == len(plan.tables)
+    assert counts.get("cache_teachers", 0) == len(plan.caches)
+
+
 def dry_run(*args: str, results: Path) -> dict[str, int]:
     result = snakemake("-n", "--config", f"results={results}", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -46,7 +66,7 @@ def dry_run(*args: str, results: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("configfile", [None, "config/smoke.yaml"])
+@pytest.mark.parametrize("configfile", [None, "config/smoke.yaml", "config/zoo.yaml"])
 def test_lint(configfile):
     result = snakemake("--lint", *(["--configfile", configfile] if configfile else []))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -56,16 +76,9 @@ def test_lint(configfile):
 @pytest.mark.slow
 def test_smoke_dry_run_trains_each_shared_run_once(tmp_path):
     counts = dry_run("--configfile", "config/smoke.yaml", results=tmp_path)
-    # Teachers: T_D and T_W at synA 1/4, synA count 4, synB 1/4, plus Table 4's second T_D / T_W
-    # (seed + 1) at the ablation partition of both datasets.
-    assert counts["train_teacher"] == 2 * 3 + 2 * 2
-    # Students: Tables 1 and 3 (7 methods x 2 backbones each), Table 2 (4 methods), per ablation
-    # dataset 4 (Table 4) + 4 (Table 5a) + 1 (Table 5b) extra runs, and one extra Table 6 grid (3x3;
-    # the 7x7 row, Table 4's T_D+T_W row and Table 5's full rows are Table 1's MGD ResNet-18 run,
-    # Table 5a's L_sup row is Table 1's Sup run).
-    assert counts["train_student"] == 14 + 14 + 4 + 2 * 9 + 1
-    assert counts["table"] == 7
-    for rule in ("tables_md", "fig1_tradeoff", "fig3_partitions", "fig4_qualitative", "synth"):
+    assert_dag_trains_the_plan(counts, planned("config/smoke.yaml"))
+    for rule in ("tables_md", "fig1_tradeoff", "fig3_partitions", "fig4_qualitative", "synth", "class_table",
+                 "confusion_figure", "training_curves"):
         assert counts[rule] >= 1
     assert counts["check_data"] == 2 * 2  # each dataset's train and val split, once
     assert "evaluate" not in counts  # evaluate_in_training_job: the training job evaluates
@@ -76,16 +89,33 @@ def test_default_dry_run(tmp_path):
     """The default DAG's size as measured in README (8 minutes on 2 cores): it cannot grow back
     unnoticed (tests/test_default_config.py pins its runs and schedules)."""
     counts = dry_run(results=tmp_path)
-    assert counts["table"] == 7 and counts["tables_md"] == 1 and counts["fig4_qualitative"] == 1
-    assert (counts["train_teacher"], counts["train_student"], counts["cache_teachers"]) == (4, 17, 2)
-    assert counts["complexity"] == 1  # every backbone of every table in one job
-    assert counts["total"] == 76
+    plan = planned()
+    assert_dag_trains_the_plan(counts, plan)
+    assert counts["tables_md"] == 1 and counts["fig4_qualitative"] == 1
+    assert counts["complexity"] == 1 and counts["latency"] == 1  # every backbone of every table in one job each
+    # a per-class table and a confusion figure per dataset, training curves per table
+    assert (counts["class_table"], counts["confusion_figure"], counts["training_curves"]) == (2, 2, len(plan.tables))
+    assert counts["total"] == 88
+
+
+@pytest.mark.slow
+def test_zoo_dry_run_trains_one_teacher_pair_and_caches_once(tmp_path):
+    # the target first: --config and --configfile take every word after them
+    result = snakemake("-n", "zoo", "--config", f"results={tmp_path}", "--configfile", "config/zoo.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert_dag_trains_the_plan(counts, planned("config/zoo.yaml"))
+    assert (counts["train_teacher"], counts["train_student"], counts["cache_teachers"]) == (2, 10, 1)
+    assert counts["latency"] == counts["complexity"] == counts["zoo_pareto"] == counts["zoo"] == 1
+    assert "tables_md" not in counts  # the zoo target: its table and figure only
 
 
 @pytest.mark.slow
 def test_separate_evaluation_and_teacher_cache_dry_run(tmp_path):
     counts = dry_run("--configfile", "config/smoke.yaml", "--config", "evaluate_in_training_job=False",
                      "teacher_source=cache", results=tmp_path)
+    plan = planned("config/smoke.yaml", overrides=("evaluate_in_training_job=False", "teacher_source=cache"))
+    assert_dag_trains_the_plan(counts, plan)
     assert counts["evaluate"] == counts["train_student"] + counts["train_teacher"] - 4  # no seed-copy evals
     assert counts["cache_teachers"] == 3  # one cache per dataset x partition
 
@@ -153,7 +183,7 @@ def test_unknown_top_level_key_on_the_command_line(tmp_path):
 
 # -- mgd job ------------------------------------------------------------------------------------
 def test_job_resumes_or_discards_the_checkpoint(tmp_path, capsys):
-    from mgd.job import guard_checkpoint
+    from mgd.jobs.checkpoint_guard import guard_checkpoint
 
     run_dir, config = tmp_path / "run", tmp_path / "config.yaml"
     config.write_text("a: 1\n")
@@ -196,7 +226,7 @@ def test_job_runs_its_commands_in_order_and_drops_the_checkpoint_on_success(tmp_
 def test_job_gives_each_job_its_own_gpu_slot(tmp_path):
     env = {"MGD_GPUS": "2", "MGD_GPU_LOCK_DIR": str(tmp_path / "locks")}
     env_clean = {key: value for key, value in os.environ.items() if key not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
-    script = ("import os, sys, time; from mgd.job import claim_gpu; claim_gpu(int(sys.argv[1])); "
+    script = ("import os, sys, time; from mgd.jobs.gpu_slots import claim_gpu; claim_gpu(int(sys.argv[1])); "
               "print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'), flush=True); time.sleep(float(sys.argv[2]))")
     procs = [subprocess.Popen([sys.executable, "-c", script, "1", "1.5"], stdout=subprocess.PIPE, text=True,
                               env={**env_clean, **env}) for _ in range(2)]
@@ -214,7 +244,8 @@ def test_job_gives_each_job_its_own_gpu_slot(tmp_path):
 
 # -- shell safety and the report, end to end ----------------------------------------------------
 #: the smallest config with every kind of job: synth, check_data, split, two teachers, one student
-#: (trained and evaluated), complexity, Table 1, tables.md/html and the three figures
+#: (trained and evaluated), complexity, latency, Table 1 and its per-class table, tables.md/html,
+#: the three figures, the confusion figure and the training curves
 TINY = {
     "student_methods": ["sup"], "student_backbones": ["resnet18d"], "evaluate_in_training_job": True,
     "runtime": {"checkpoint_every": 1, "log_every": 1},
@@ -227,7 +258,7 @@ TINY = {
     }},
     "tables": {"table1": {"dataset": "synA", "protocol": "ratio"}, "figures": {"num_images": 1}},
 }
-FIGURES = ["fig1_tradeoff", "fig3_partitions", "fig4_qualitative"]
+FIGURES = ["fig1_tradeoff", "fig3_partitions", "fig4_qualitative", "table1_confusion", "table1_curves"]
 
 
 @pytest.mark.slow
@@ -238,7 +269,7 @@ def test_results_path_with_a_space_runs_end_to_end_and_reports(tmp_path):
     run = subprocess.run(["snakemake", "--cores", "2", *args], cwd=REPO, capture_output=True, text=True,
                          timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for name in ("table1.csv", "tables.md", "tables.html", *(f"{figure}.png" for figure in FIGURES)):
+    for name in ("table1.csv", "table1_classes.csv", "tables.md", "tables.html", *(f"{figure}.png" for figure in FIGURES)):
         assert (results / name).stat().st_size > 0
     assert json.loads((results / "synA" / "checks" / "train.json").read_text())["samples"] == 12
     teacher = results / "synA" / "runs" / "ratio" / "1-4" / "teacher_TD" / "model.pt"
@@ -248,7 +279,8 @@ def test_results_path_with_a_space_runs_end_to_end_and_reports(tmp_path):
         built = snakemake(*args, "--report", str(results / report))
         assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
         check = subprocess.run([sys.executable, str(REPO / ".ci" / "check_report.py"), str(results / report),
-                                "--tables", "table1", "--figures", *FIGURES], capture_output=True, text=True)
+                                "--tables", "table1", "--class-tables", "table1", "--figures", *FIGURES],
+                               capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
     # the checker fails on a table the report lacks
     check = subprocess.run([sys.executable, str(REPO / ".ci" / "check_report.py"), str(results / "report.zip"),
@@ -341,3 +373,55 @@ def test_teacher_from_an_official_checkpoint_is_imported_not_trained(tmp_path):
     assert "branch1" in (results / "logs" / "import" / "synA" / "runs" / "ratio" / "1-4" / "teacher_TD.log").read_text()
     student = yaml.safe_load((partition / "kd_resnet18d" / "config.yaml").read_text())
     assert student["method"]["teachers"][0] == {"name": "TD", "model": str(teacher / "model.pt")}
+
+
+# -- a new user's environment and command line (issue 24) -----------------------------------------
+@pytest.mark.slow
+def test_rules_run_mgd_with_the_interpreter_running_snakemake_not_path(tmp_path):
+    """snakemake started by its full path from an environment that is not activated: no `mgd` on
+    PATH, and the rules still run (`python -m mgd` of snakemake's own interpreter)."""
+    executable = Path(sys.executable).parent / "snakemake"
+    if not executable.is_file():
+        pytest.skip("snakemake is not installed beside this interpreter")
+    path = os.pathsep.join(folder for folder in ("/usr/bin", "/bin") if Path(folder).is_dir())
+    env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1"}
+    assert shutil.which("mgd", path=path) is None
+    configfile, results = tmp_path / "tiny.yaml", tmp_path / "results"
+    configfile.write_text(yaml.safe_dump(TINY))
+    target = results / "synA" / "data" / "dataset.json"  # rule synth: the cheapest `mgd` command
+    run = subprocess.run([str(executable), "--cores", "1", str(target), "--configfile", str(configfile),
+                          "--config", f"results={results}"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert json.loads(target.read_text())["counts"] == {"train": 12, "val": 2}
+
+
+@pytest.mark.slow
+def test_a_built_target_after_configfile_is_named_in_one_line(tmp_path):
+    """`--configfile FILE TARGET` makes snakemake read TARGET as a second config file: a built
+    one (here a data-check summary) stops the parse with one line naming it, no traceback."""
+    configfile, results = tmp_path / "tiny.yaml", tmp_path / "results"
+    configfile.write_text(yaml.safe_dump(TINY))
+    target = results / "synA" / "checks" / "val.json"
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps({"dataset": "synA", "split": "val", "samples": 2}))
+    result = snakemake("-n", "--configfile", str(configfile), str(target), "--config", f"results={results}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"--configfile {target} is not a workflow config (its keys dataset, samples, split" in output
+    assert "snakemake TARGET --configfile FILE" in output and "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_report_after_building_one_target_holds_what_was_built(tmp_path):
+    """`snakemake --report` after building one target (no table, no figure yet) makes a report
+    instead of failing on the unbuilt tables.html."""
+    configfile, results = tmp_path / "tiny.yaml", tmp_path / "results"
+    configfile.write_text(yaml.safe_dump(TINY))
+    args = ("--configfile", str(configfile), "--config", f"results={results}")
+    built = snakemake(str(results / "synA" / "dataset.yaml"), *args)  # a printf rule: no mgd process
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    report = snakemake(*args, "--report", str(tmp_path / "report.html"))
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert "marked for report but does not exist" not in report.stdout + report.stderr
+    assert (tmp_path / "report.html").stat().st_size > 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mgd.data import camvid, cityscapes, folder, synthetic, voc
-from mgd.data.base import IGNORE_INDEX, Sample, SegmentationDataset, sample_id
+from mgd.data.base import IGNORE_INDEX, SPLITS, Sample, SegmentationDataset, sample_id
 from mgd.errors import ConfigError
 
 ADAPTERS = {
@@ -20,8 +20,6 @@ ADAPTERS = {
     "folder": folder,
     "synthetic": synthetic,
 }
-SPLITS = ("train", "val")
-
 __all__ = [
     "ADAPTERS",
     "IGNORE_INDEX",
@@ -60,8 +58,9 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> SegmentationDataset:
     return adapter.build(cfg, split)
 
 
-def read_dataset_config(path: str | Path) -> dict[str, Any]:
-    """The dataset config slice stored in a YAML file (a mapping with a ``name`` key)."""
+def read_dataset_config(path: str | Path, *, allow_train_config: bool = False) -> dict[str, Any]:
+    """The dataset config slice stored in a YAML file (a mapping with a ``name`` key); with
+    ``allow_train_config`` the file may also be a training config, whose ``data.dataset`` is returned."""
     import yaml
 
     path = Path(path)
@@ -75,4 +74,7 @@ def read_dataset_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"dataset config {path} must hold a mapping (a dataset config slice), got {type(cfg).__name__}"
         )
+    data = cfg.get("data")
+    if allow_train_config and isinstance(data, dict) and isinstance(data.get("dataset"), dict):
+        return data["dataset"]
     return cfg

@@ -21,6 +21,7 @@ from PIL import Image
 from mgd.errors import ConfigError, DatasetError
 
 IGNORE_INDEX = 255
+SPLITS = ("train", "val")
 # How many offending ids/files/values an error message lists before "and N more".
 SHOWN_ITEMS = 5
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -193,6 +194,8 @@ class SegmentationDataset:
             raise ValueError(f"{len(self.palette)} palette colours for {len(self.classes)} classes")
         self.value_map = dict(value_map or {})
         self._value_table = value_lookup_table(self.value_map) if self.value_map else None
+        if self._value_table is not None and 0 <= self._value_table.min() and self._value_table.max() < 256:
+            self._value_table = self._value_table.astype(np.uint8)  # uint8 labels stay uint8
         self.transform = transform
         self.description = description
         self.samples = list(samples)
@@ -227,10 +230,13 @@ class SegmentationDataset:
 
     def load_image(self, index: int) -> np.ndarray:
         """The image as uint8 HxWx3 RGB (no label is read)."""
-        return np.array(_read_image_file(self.samples[index].image_path).convert("RGB"))
+        image = _read_image_file(self.samples[index].image_path)
+        # convert() copies even an RGB image: only other modes need it
+        return np.array(image if image.mode == "RGB" else image.convert("RGB"))
 
-    def load_label(self, index: int) -> np.ndarray:
-        """The label as int64 HxW train ids (value map applied, 255 = ignore), validated."""
+    def load_label(self, index: int, dtype: type = np.int64) -> np.ndarray:
+        """The label as HxW train ids of ``dtype`` (value map applied, 255 = ignore), validated;
+        ``np.uint8`` (the training loader's) skips the int64 copy when every value fits."""
         path = self.samples[index].label_path
         if path is None:
             raise SampleError(f"{self.samples[index].image_path}: an unlabeled image has no label to load")
@@ -241,26 +247,30 @@ class SegmentationDataset:
                 f"(PIL mode {'/'.join(LABEL_MODES)}), got mode {label_file.mode}"
             )
         raw = np.asarray(label_file)
-        if self._value_table is None:
-            mask = raw.astype(np.int64)
-        elif 0 <= raw.min() and raw.max() < len(self._value_table):
+        if self._value_table is not None and 0 <= raw.min() and raw.max() < len(self._value_table):
             mask = self._value_table[raw]
         else:
-            mask = raw.astype(np.int64)  # values beyond the table are out of range; reported below
-        bad = (mask >= self.num_classes) | (mask < 0)
-        bad &= mask != self.ignore_index
+            mask = raw  # without a value map; or values beyond the table, out of range: reported below
+        self._check_label_values(path, mask)
+        return mask.astype(dtype)
+
+    def _check_label_values(self, path: Path, mask: np.ndarray) -> None:
+        """Every value is a class index or the ignore label (compared in the map's own dtype)."""
+        bad = (mask >= self.num_classes) & (mask != self.ignore_index)
+        if mask.dtype.kind == "i":
+            bad |= mask < 0
         if bad.any():
+            bad_values = np.unique(mask[bad])
             mapped = f" after value map {self.value_map}" if self.value_map else ""
             raise SampleError(
-                f"{path}: label values {shown(np.unique(mask[bad]).tolist())}{mapped} are outside "
+                f"{path}: label values {shown(bad_values.tolist())}{mapped} are outside "
                 f"0..{self.num_classes - 1} ({self.num_classes} classes) and not ignore ({self.ignore_index})"
             )
-        return mask
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The validated pair: uint8 HxWx3 image, int64 HxW mask (255 = ignore)."""
+    def load(self, index: int, label_dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
+        """The validated pair: uint8 HxWx3 image, HxW mask of ``label_dtype`` (255 = ignore)."""
         image = self.load_image(index)
-        mask = self.load_label(index)
+        mask = self.load_label(index, label_dtype)
         if image.shape[:2] != mask.shape:
             sample = self.samples[index]
             raise SampleError(

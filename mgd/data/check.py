@@ -1,26 +1,24 @@
-"""``mgd check-data``: decode and validate every image and label of a dataset split.
+"""Decode and validate every image and label of a dataset split (``mgd check-data`` runs it).
 
 Every sample is decoded (so truncated and corrupt files are found, not only missing ones); each bad
-sample is printed as one line naming its file and the command then fails with a DatasetError
-(exit status 2). Otherwise it prints how many pixels and images each class has, which also shows
-classes that never occur, and with ``--out`` writes the same summary as JSON (only when the data
+sample is printed as one line naming its file and the scan then fails with a DatasetError.
+Otherwise the statistics say how many pixels and images each class has, which also shows classes
+that never occur; ``summary`` is the same as a JSON-ready record (written only when the data
 passed, so a workflow rule can use the file as proof of a checked dataset).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from mgd.data import SPLITS, build_dataset, read_dataset_config
 from mgd.data.base import SampleError, SegmentationDataset
 from mgd.errors import DatasetError
-from mgd.io import sha256_bytes, write_json_atomic
+from mgd.io import sha256_bytes
+from mgd.progress import progress as progress_bar
 
 
 def class_statistics(dataset: SegmentationDataset, progress: bool = True) -> dict:
@@ -34,7 +32,7 @@ def class_statistics(dataset: SegmentationDataset, progress: bool = True) -> dic
     failures: list[str] = []
     unlabeled = 0
     indices = range(len(dataset))
-    for index in tqdm(indices, desc=f"check {dataset.description}", unit="img", disable=not progress):
+    for index in progress_bar(indices, desc=f"check {dataset.description}", unit="img", disable=not progress):
         try:
             if dataset.samples[index].label_path is None:
                 image = dataset.load_image(index)
@@ -98,21 +96,3 @@ def format_statistics(dataset: SegmentationDataset, statistics: dict) -> str:
     if absent:
         lines.append(f"classes that never occur: {', '.join(absent)}")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dataset-config", type=Path, required=True, help="YAML file holding the dataset config slice"
-    )
-    parser.add_argument("--split", choices=SPLITS, default="train")
-    parser.add_argument("--out", type=Path, help="also write the summary as JSON here (only if the check passes)")
-
-
-def main(args: argparse.Namespace) -> int:
-    cfg = read_dataset_config(args.dataset_config)
-    dataset = build_dataset(cfg, args.split)
-    statistics = class_statistics(dataset)
-    print(format_statistics(dataset, statistics))
-    if args.out is not None:
-        write_json_atomic(args.out, summary(dataset, statistics, cfg["name"], args.split))
-    return 0

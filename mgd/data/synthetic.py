@@ -27,18 +27,16 @@ files depend on the arguments alone.
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
 
-from mgd.data.base import Sample, SegmentationDataset, read_list_lines, require_root
+from mgd.data.base import SPLITS, Sample, SegmentationDataset, read_list_lines, require_root
 from mgd.errors import ConfigError, DatasetError
 from mgd.io import atomic_path, write_json_atomic, write_text_atomic
 
@@ -48,7 +46,6 @@ OPTIONAL_KEYS = ()
 GENERATOR_VERSION = 2
 FORMAT = "mgd-synthetic"
 METADATA_FILE = "dataset.json"
-SPLITS = ("train", "val")
 CLASSES = (
     "sky", "ground", "disc", "square", "triangle", "striped", "checkered", "sky_cross", "ground_cross",
 )
@@ -350,26 +347,3 @@ def build(cfg: Mapping[str, Any], split: str) -> SegmentationDataset:
     return SegmentationDataset(
         samples, metadata["classes"], metadata["palette"], description=f"synthetic {split} ({root})"
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, required=True, help="folder to write the dataset into")
-    parser.add_argument("--num-train", type=int, default=240, help="training images (default 240)")
-    parser.add_argument("--num-val", type=int, default=60, help="validation images (default 60)")
-    parser.add_argument(
-        "--size", type=int, default=96, help=f"image side in pixels (default 96, at least {MIN_SIZE})"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="files depend on the arguments alone (default 0)")
-
-
-def main(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    written = write_synthetic_dataset(args.root, args.num_train, args.num_val, args.size, args.seed)
-    if written:
-        print(
-            f"wrote {args.num_train} train + {args.num_val} val images ({args.size}x{args.size}, "
-            f"{len(CLASSES)} classes, seed {args.seed}) to {args.root} in {time.perf_counter() - start:.1f} s"
-        )
-    else:
-        print(f"{args.root / METADATA_FILE} matches these arguments: nothing to do")
-    return 0

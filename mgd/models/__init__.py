@@ -8,7 +8,8 @@ from mgd.models.backbones import (
     load_backbone_weights,
     timm_pretrained_tag,
 )
-from mgd.models.deeplab import DeepLabV3Plus, SegmentationOutput, build_model
+from mgd.models.deeplab import DeepLabV3Plus, SegmentationOutput, build_model, sync_batchnorm
+from mgd.models.groups import forward_groups
 from mgd.models.model_file import load_model, save_model, weights_sha256
 
 __all__ = [
@@ -19,9 +20,11 @@ __all__ = [
     "WeightsReport",
     "build_model",
     "create_backbone",
+    "forward_groups",
     "load_backbone_weights",
     "load_model",
     "save_model",
+    "sync_batchnorm",
     "timm_pretrained_tag",
     "weights_sha256",
 ]

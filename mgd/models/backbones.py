@@ -2,12 +2,17 @@
 
 The four backbones of the paper have their own defaults; any other timm model that supports
 ``features_only`` works too. ResNets run at output stride 16 with layer4 dilated and multi-grid
-dilations as in the CPS/MGD code (each layer4 block doubles the dilation: 2,4,8 or 2,4).
+dilations as in the CPS/MGD code (each layer4 block doubles the dilation: 2,4,8 or 2,4). Other
+timm families run at their natural stride unless ``output_stride`` is given, which is passed to
+timm (EfficientNet, MobileNetV3, RegNet, ConvNeXt, ... dilate their last stages) and checked
+against the stride the model reports; a family without the option (ViT, DenseNet, GhostNet, ...)
+is a ConfigError asking for ``output_stride: null``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 RESNET_OUTPUT_STRIDE = 16
 OUTPUT_STRIDES = (8, 16, 32)
+#: stride of the low-level feature the DeepLabv3+ decoder fuses (the nearest one where absent)
+LOW_LEVEL_STRIDE = 4
 CHECKPOINT_WRAPPER_KEYS = ("state_dict", "model")
 CHECKPOINT_KEY_PREFIXES = ("module.", "backbone.")
 REPORTED_KEYS = 5
@@ -46,6 +53,9 @@ class BackboneSpec:
     # scaled inversely with the output stride)
     low_level_channels: int = 48
     aspp_rates: tuple[int, ...] | None = None
+    # False: the backbone keeps per-process BatchNorm statistics under torchrun (the official
+    # MobileNetV2 is torchvision's with plain nn.BatchNorm2d, which apex DDP does not convert)
+    sync_batchnorm: bool = True
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -78,13 +88,15 @@ BACKBONES: dict[str, BackboneSpec] = {
         block_dilations={15: 2, 16: 4, 17: 8},
         low_level_channels=24,
         aspp_rates=(6, 12, 18),
+        sync_batchnorm=False,
     ),
     # Earlier stand-ins, kept working: resnet18d adds avg-pool shortcuts; MobileNetV2 undilated.
     "resnet18d": BackboneSpec(
         "resnet18d", default_output_stride=RESNET_OUTPUT_STRIDE, timm_weights="resnet18d.ra2_in1k"
     ),
     "mobilenetv2_100": BackboneSpec(
-        "mobilenetv2_100", default_output_stride=32, timm_weights="mobilenetv2_100.ra_in1k"
+        "mobilenetv2_100", default_output_stride=32, timm_weights="mobilenetv2_100.ra_in1k",
+        sync_batchnorm=False,
     ),
 }
 PAPER_BACKBONES = ("resnet101_v1c", "wide_resnet50_2", "resnet18_v1c", "mobilenetv2_dilated")
@@ -155,10 +167,22 @@ def create_backbone(
         kwargs["output_stride"] = output_stride
     try:
         model = timm.create_model(spec.timm_name, features_only=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError) as error:
+    except (AssertionError, RuntimeError, TypeError, ValueError) as error:
+        if "output_stride" in kwargs and _rejects_output_stride(spec, error):
+            raise ConfigError(
+                f"output_stride: timm builds {name} at its natural stride only (no dilation); "
+                f"use output_stride: null"
+            ) from error
         raise ConfigError(
             f"backbone: timm cannot build {name} as a feature extractor: {error}"
         ) from error
+    built_stride = model.feature_info.reduction()[-1]
+    if output_stride is not None and built_stride != output_stride:
+        # a family that takes the option but ignores it (or a natural stride other than 32)
+        raise ConfigError(
+            f"output_stride: {name} is built at output stride {built_stride}, not {output_stride}; "
+            f"use output_stride: null"
+        )
     if resnet:
         stride = output_stride or 32
         if multi_grid is None:
@@ -170,6 +194,18 @@ def create_backbone(
     if tag is not None:
         load_state_into_backbone(model, timm_pretrained_state(tag), f"timm weights {tag}")
     return model, output_stride, multi_grid
+
+
+def _rejects_output_stride(spec: BackboneSpec, error: Exception) -> bool:
+    """Whether timm's ``error`` says the family cannot take ``output_stride`` (no such option, or
+    an assertion that only 32 is valid): the model builds without it."""
+    if "output_stride" in str(error) or isinstance(error, AssertionError):
+        try:
+            timm.create_model(spec.timm_name, features_only=True, **spec.timm_kwargs)
+        except Exception:  # noqa: BLE001 - any failure: the model itself does not build
+            return False
+        return True
+    return False
 
 
 def timm_pretrained_state(tag: str) -> dict[str, torch.Tensor]:
@@ -218,13 +254,17 @@ def _dilate_3x3(module: nn.Module, dilation: int) -> None:
 
 
 def feature_indices(backbone: nn.Module, name: str) -> tuple[int, int]:
-    """Indices of the stride-4 (low-level) feature and of the last feature of ``backbone``."""
+    """Indices of the low-level feature the decoder fuses and of the last feature of ``backbone``.
+
+    The low-level feature is the first at stride 4 (DeepLabv3+); a backbone without one (a
+    transformer starting at stride 16, LeViT) gives the feature whose stride is nearest to 4 (on
+    a log scale; of two equally near, the coarser, cheaper one).
+    """
     reductions = backbone.feature_info.reduction()
-    if 4 not in reductions:
-        raise ConfigError(
-            f"backbone: {name} has no stride-4 feature for the decoder (strides {reductions})"
-        )
-    return reductions.index(4), len(reductions) - 1
+    if not reductions:
+        raise ConfigError(f"backbone: {name} gives no features for the decoder")
+    stride = min(reductions, key=lambda r: (abs(math.log2(r / LOW_LEVEL_STRIDE)), -r))
+    return reductions.index(stride), len(reductions) - 1
 
 
 class WeightsReport(NamedTuple):

@@ -4,14 +4,19 @@ ASPP on the last backbone feature: a 1x1 and three dilated 3x3 convs (256 channe
 concatenated and normalised together (one BatchNorm over 1024 channels), LeakyReLU, projected
 to 256 by a 1x1 conv; the image-pooling branch (mean, 1x1 conv, BN, LeakyReLU, 1x1 conv) is
 added to that projection, then BN and LeakyReLU. The decoder projects the stride-4 feature to 48
-channels (24 for the official MobileNetV2) with conv-BN-ReLU, upsamples the ASPP output to it
-with align_corners=True, concatenates, and applies two 3x3 conv-BN-ReLU of 256 channels. That
+channels (24 for the official MobileNetV2) with conv-BN-ReLU (a backbone without a stride-4
+feature: the one nearest to it, mgd.models.backbones.feature_indices), upsamples the ASPP output to it
+with align_corners=True, concatenates, and applies two 3x3 conv-BN-ReLU of 256 channels. The head takes the channel
+counts and strides the backbone's timm ``feature_info`` reports, so any timm ``features_only``
+model is a backbone. That
 256-channel map is returned as ``feature`` for region distillation; a 1x1 classifier and an
 align_corners=True upsampling give the logits. There is no dropout (the official code has none).
 The official key names of each tensor are listed in mgd.models.official.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import os
 from typing import NamedTuple
@@ -25,14 +30,14 @@ from mgd.models.backbones import backbone_spec, create_backbone, feature_indices
 
 HEAD_CHANNELS = 256
 # ASPP rates at output stride 16; for backbones without fixed rates they scale inversely with
-# the stride (12/24/36 at OS 8, 3/6/9 at OS 32) so the branches see the same image area.
+# the stride (12/24/36 at OS 8, 3/6/9 at OS 32, at least 1) so the branches see the same image area.
 ASPP_RATES_AT_OS16 = (6, 12, 18)
 LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default, as the official ASPP uses it
 
 
 class SegmentationOutput(NamedTuple):
-    logits: torch.Tensor  # B x num_classes x H x W, at input size
-    feature: torch.Tensor  # B x 256 x H/4 x W/4, decoder output before the classifier
+    logits: torch.Tensor  # B x num_classes x H x W, at input size, float32 under any autocast
+    feature: torch.Tensor  # B x 256 x H/4 x W/4 (H/s at a low-level stride s != 4), decoder output before the classifier
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -105,7 +110,7 @@ class DeepLabV3Plus(nn.Module):
         spec = backbone_spec(backbone_name)
         channels = backbone.feature_info.channels()
         output_stride = backbone.feature_info.reduction()[self.high_level_index]
-        rates = spec.aspp_rates or tuple(rate * 16 // output_stride for rate in ASPP_RATES_AT_OS16)
+        rates = spec.aspp_rates or tuple(max(1, rate * 16 // output_stride) for rate in ASPP_RATES_AT_OS16)
         self.aspp = ASPP(channels[self.high_level_index], rates)
         self.decoder = Decoder(channels[self.low_level_index], spec.low_level_channels)
         self.classifier = nn.Conv2d(HEAD_CHANNELS, num_classes, 1)
@@ -116,10 +121,31 @@ class DeepLabV3Plus(nn.Module):
         features = self.backbone(x)
         context = self.aspp(features[self.high_level_index])
         feature = self.decoder(features[self.low_level_index], context)
-        logits = F.interpolate(
-            self.classifier(feature), size=x.shape[-2:], mode="bilinear", align_corners=True
-        )
+        # the classifier and the upsampling in float32 whatever the autocast: the logits feed
+        # every loss and the pseudo-labels' argmax (the public code trains in float32); the meta
+        # device of `mgd complexity` has no autocast to turn off. The classifier's own dtype, so
+        # a float64 copy (`mgd export`'s rounding reference) runs in float64 throughout.
+        full_precision = (torch.autocast(x.device.type, enabled=False) if torch.amp.is_autocast_available(x.device.type)
+                          else contextlib.nullcontext())
+        with full_precision:
+            logits = F.interpolate(
+                self.classifier(feature.to(self.classifier.weight.dtype)), size=x.shape[-2:], mode="bilinear",
+                align_corners=True,
+            )
         return SegmentationOutput(logits, feature)
+
+
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with SyncBatchNorm for multi-process training, as the official code builds it:
+    every BatchNorm of a DeepLabV3Plus, except those of a backbone whose spec says
+    ``sync_batchnorm=False`` (MobileNetV2: torchvision's plain BatchNorm2d, per-GPU statistics,
+    while its head is built with SyncBatchNorm); any other module is converted whole."""
+    if isinstance(model, DeepLabV3Plus) and not backbone_spec(model.backbone_name).sync_batchnorm:
+        for name, child in model.named_children():
+            if name != "backbone":
+                setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _init_head(module: nn.Module) -> None:

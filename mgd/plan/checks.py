@@ -41,7 +41,7 @@ def check_datasets(config: dict) -> None:
             partitions(config, ds, proto)
             if "ids" in pcfg and "import" not in pcfg:
                 raise ConfigError(f"config key datasets.{ds}.protocols.{proto}.ids: only used with 'import'")
-        names = {part.display for proto in dcfg["protocols"] for part in partitions(config, ds, proto)}
+        names = {partition for proto in dcfg["protocols"] for partition in partitions(config, ds, proto)}
         for group in ("teachers", "students"):
             for role, schedule in dcfg[group].items():
                 for name in schedule.get("iterations_by_partition", {}):
@@ -63,9 +63,9 @@ def check_checkpoints(config: dict, ds: str, role: str, teacher: dict) -> None:
                           f"checkpoint (one of {', '.join(IMPORTABLE_BACKBONES)})")
     protocols = config["datasets"][ds]["protocols"]
     for name in teacher["checkpoints"]:
-        holders = [proto for proto in protocols if name in {part.display for part in partitions(config, ds, proto)}]
+        holders = [proto for proto in protocols if name in partitions(config, ds, proto)]
         if not holders:
-            names = sorted({part.display for proto in protocols for part in partitions(config, ds, proto)})
+            names = sorted({partition for proto in protocols for partition in partitions(config, ds, proto)})
             raise ConfigError(f"config key {key}: {name!r} is not a partition of any protocol ({names})")
         if len(holders) > 1:
             raise ConfigError(f"config key {key}: partition {name!r} is in protocols {', '.join(holders)}; "
@@ -73,7 +73,7 @@ def check_checkpoints(config: dict, ds: str, role: str, teacher: dict) -> None:
 
 
 def check_tables(config: dict) -> None:
-    """Tables name existing datasets, protocols, partitions and student backbones."""
+    """Tables and figures name existing datasets, protocols, partitions and student backbones."""
     tables = config["tables"]
     for name in ("table1", "table2", "table3"):
         if name in tables:
@@ -85,6 +85,15 @@ def check_tables(config: dict) -> None:
     if "table2" in tables:
         for backbone in tables["table2"]["backbones"]:
             check_student(config, tables["table2"]["dataset"], backbone, "tables.table2.backbones")
+    backbone = tables["figures"]["backbone"]
+    if backbone is not None and backbone not in config["student_backbones"]:
+        raise ConfigError(f"config key tables.figures.backbone: {backbone!r} is not in student_backbones")
+    zoo = tables.get("zoo")
+    if zoo:
+        check_protocol(config, zoo["dataset"], zoo["protocol"], "tables.zoo")
+        partition_slug(config, zoo["dataset"], zoo["protocol"], zoo["partition"], "tables.zoo.partition")
+        for backbone in zoo["backbones"]:
+            check_student(config, zoo["dataset"], backbone, "tables.zoo.backbones")
     ablations = tables.get("ablations")
     if ablations:
         for ds in ablations["datasets"]:

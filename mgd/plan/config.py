@@ -3,12 +3,7 @@ with defaults filled, and ``data_root`` resolution (torch-free)."""
 
 from __future__ import annotations
 
-import copy
-import re
-from collections.abc import Mapping
-from pathlib import PurePosixPath
-
-import yaml
+from pathlib import Path, PurePosixPath
 
 from mgd import schemas
 from mgd.errors import ConfigError
@@ -16,55 +11,54 @@ from mgd.train.config import load_yaml
 
 #: the config a run without --configfile reads (a --configfile replaces it, as in the Snakefile)
 DEFAULT_CONFIGFILE = "config/config.yaml"
-_KEY = re.compile(r"[a-zA-Z_][\w-]*\w$")
-
-
-def update_config(config: dict, overrides: Mapping) -> None:
-    """Merge ``overrides`` into ``config`` in place, nested mappings recursively (snakemake's
-    ``update_config``: a --config mapping extends the file's, other values replace)."""
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
-            update_config(config[key], value)
-        else:
-            config[key] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
-
-
-def _parse_value(text: str):
-    """A --config value as snakemake reads it: int, float, True/False, YAML (strings inside), str."""
-    if text == "":
-        return None
-    for parse in (int, float):
-        try:
-            return parse(text)
-        except ValueError:
-            pass
-    if text in ("True", "False"):
-        return text == "True"
-    try:
-        return yaml.load(text, Loader=yaml.BaseLoader)
-    except yaml.YAMLError:
-        return text
 
 
 def parse_overrides(entries: list[str]) -> dict:
-    """``key=value`` command-line entries as a config mapping (``snakemake --config`` semantics)."""
+    """``key=value`` command-line entries as a config mapping, parsed by snakemake's own --config
+    parser (int, float, True/False, YAML with strings inside, else the text; quotes stripped)."""
+    if not entries:
+        return {}
+    # imported here: snakemake.cli takes about 1.2 s to import (measured with python -X importtime),
+    # and `import mgd.plan` stays free of snakemake for the Snakefile and the tests
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
     overrides: dict = {}
-    for entry in entries:
-        key, sep, value = entry.partition("=")
-        if not sep or not _KEY.match(key):
-            raise ConfigError(f"--config {entry!r}: expected key=value with a top-level config key")
-        update_config(overrides, {key: _parse_value(value)})
+    for entry in entries:  # one at a time, as parse_config does, so that an error names its entry
+        try:
+            update_config(overrides, parse_config([entry]))
+        except ValueError as error:
+            raise ConfigError(f"--config {entry!r}: {error}") from None
     return overrides
 
 
 def load_workflow_config(configfiles: list[str] | None = None, overrides: list[str] | None = None) -> dict:
     """The workflow config as `snakemake [--configfile FILE ...] [--config key=value ...]` sees it:
-    the given files (each merged over the previous) or else config/config.yaml, then the overrides."""
+    the given files (each merged over the previous, by snakemake's update_config: a nested mapping
+    extends the one before, other values replace) or else config/config.yaml, then the overrides."""
+    from snakemake.utils import update_config  # see parse_overrides: mgd.plan imports no snakemake
+
     config: dict = {}
     for path in configfiles or [DEFAULT_CONFIGFILE]:
-        update_config(config, load_yaml(path))
+        update_config(config, check_configfile(path))
     update_config(config, parse_overrides(overrides or []))
     return config
+
+
+def check_configfile(path: str | Path) -> dict:
+    """The mapping of one ``--configfile``; ConfigError, in one line naming the file, unless it
+    exists, is YAML (or JSON) and every top-level key is a workflow setting. A target written after
+    ``--configfile FILE`` is read by snakemake as one more config file: a built one (a JSON
+    summary, a run's config.yaml) fails here with the hint to put targets first."""
+    known = set(schemas.load_schema("workflow")["properties"])
+    loaded = load_yaml(path)
+    unknown = sorted(str(key) for key in loaded if key not in known)
+    if unknown:
+        raise ConfigError(
+            f"--configfile {path} is not a workflow config (its keys {', '.join(unknown)} are no workflow "
+            f"settings); if it is a target, name targets before --configfile: snakemake TARGET --configfile FILE"
+        )
+    return loaded
 
 
 def resolve_data_roots(config: dict) -> None:

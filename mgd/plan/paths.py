@@ -51,6 +51,13 @@ class Paths:
     def complexity(self, ds: str, backbone: str) -> str:
         return f"{self.complexity_dir(ds)}/{backbone}.json"
 
+    def latency_dir(self, ds: str) -> str:
+        return f"{self.results}/{ds}/latency"
+
+    def latency(self, ds: str, backbone: str) -> str:
+        """`mgd latency` of the backbone's DeepLabv3+ at the dataset's crop, on the workflow's machine."""
+        return f"{self.latency_dir(ds)}/{backbone}.json"
+
     def cache_dir(self, ds: str, proto: str, slug: str, layout: str) -> str:
         return f"{self.partition_dir(ds, proto, slug)}/teacher_cache/{layout}"
 
@@ -64,5 +71,5 @@ class Paths:
     def table_csv(self, name: str) -> str:
         return f"{self.results}/{name}.csv"
 
-    def table_spec(self, name: str) -> str:
-        return f"{self.results}/specs/{name}.json"
+    def figure(self, name: str) -> str:
+        return f"{self.results}/{name}.png"

@@ -1,211 +1,213 @@
-"""Tables 1-6 and the figures: which runs each needs (registered in the Registry) and, per cell,
-the metrics.json it is read from. The specs are what `mgd report` reads."""
+"""Tables 1-6, the student zoo and the figures as lookups into the planned runs (the second of build_plan's two
+steps): every cell names the metrics.json of a run that mgd/plan/experiments.py planned, every
+Figure 4 panel the model.pt of one. The specs are the JSON `mgd report` reads. The per-class
+tables, confusion figures and training curves are read from the same specs' runs."""
 
 from __future__ import annotations
 
-from mgd.errors import ConfigError
-from mgd.plan.partitions import partition_display, partition_slug, partitions
+from mgd.plan.experiments import (PARTITION_TABLES, AblationRow, ablation_rows, ablation_slug, figure_setting,
+                                  rows_of, variant_student, zoo_setting)
+from mgd.plan.partitions import partition_of_slug, partitions
 from mgd.plan.paths import Paths
-from mgd.plan.runs import MAIN_TEACHERS, Registry, method_params
+from mgd.plan.runs import Run, RunKey, planned_run, student_id, teacher_ref
 
 METHOD_LABELS = {"sup": "Sup", "mt": "MT", "cps": "CPS", "kd": "KD", "cwd": "CWD", "skt": "SKT", "mgd": "MGD"}
 TEACHER_ROLES = {"TD": "T_D", "TW": "T_W"}
-#: backbone names as the paper's tables print them (the row keys of workflow/paper_tables.yaml)
-PAPER_BACKBONES = {
+#: backbone -> its name in the paper's tables (the row keys of workflow/paper_tables.yaml)
+PAPER_BACKBONE_NAMES = {
     "resnet18d": "ResNet-18", "resnet18_v1c": "ResNet-18",
     "mobilenetv2_100": "MobileNetV2", "mobilenetv2_dilated": "MobileNetV2",
 }
-#: MGD ablation variants: extra method params and teachers (the main MGD run fills the rows that
-#: equal it: Table 4's T_D + T_W, Table 5a's L_I^TD + L_R^TW, Table 5b's labeled + unlabeled)
-ABLATION_VARIANTS = {
-    # Table 4: teacher pairs
-    "t4_TD": {"teachers": (("TD", 0),), "params": {"image_level_teachers": [0], "region_level_teachers": [0]}},
-    "t4_TW": {"teachers": (("TW", 0),), "params": {"image_level_teachers": [0], "region_level_teachers": [0]}},
-    "t4_TD_TD": {"teachers": (("TD", 0), ("TD", 1)), "params": {}},
-    "t4_TW_TW": {"teachers": (("TW", 0), ("TW", 1)), "params": {}},
-    # Table 5a: loss terms (the L_sup-only row is the Sup run)
-    "t5a_P": {"params": {"image_level_teachers": [], "region_level_teachers": []}},
-    "t5a_P_ITD": {"params": {"region_level_teachers": []}},
-    "t5a_P_RTW": {"params": {"image_level_teachers": []}},
-    "t5a_all": {"params": {"image_level_teachers": [0, 1], "region_level_teachers": [0, 1]}},
-    # Table 5b: labeled-only distillation
-    "t5b_labeled": {"params": {"pixel_unlabeled": False, "image_level_teachers": [], "region_level_teachers": []}},
+PARTITION_TITLES = {
+    "table1": "Table 1: teachers and students on the main dataset, mIoU (%) per partition",
+    "table2": "Table 2: few-label protocol, mIoU (%) per labeled count",
+    "table3": "Table 3: teachers and students on the second dataset, mIoU (%) per partition",
 }
 
 
-def ablation_run(registry: Registry, ds: str, proto: str, slug: str, backbone: str, variant: str | None) -> str:
-    """Register the run of an ablation row: None is the main MGD run, "sup" the Sup run,
-    "t6_grid<g>" MGD with a g x g region grid, else an ABLATION_VARIANTS entry."""
-    if variant is None:
-        return registry.student(ds, proto, slug, "mgd", backbone)
-    if variant == "sup":
-        return registry.student(ds, proto, slug, "sup", backbone)
-    if variant.startswith("t6_grid"):
-        grid = int(variant.removeprefix("t6_grid"))
-        return registry.student(ds, proto, slug, "mgd", backbone, variant, {"grid": grid})
-    entry = ABLATION_VARIANTS[variant]
-    return registry.student(ds, proto, slug, "mgd", backbone, variant, entry["params"],
-                            entry.get("teachers", MAIN_TEACHERS))
+def metrics_of(paths: Paths, runs: dict[RunKey, Run], key: RunKey) -> str:
+    """A table cell: the metrics file of planned run ``key``."""
+    return paths.metrics(*planned_run(runs, key).key)
 
 
-def partition_table(registry: Registry, paths: Paths, name: str, ds: str, proto: str, methods: list[str],
-                    backbones: list[str], title: str) -> dict:
+def model_of(paths: Paths, runs: dict[RunKey, Run], key: RunKey) -> str:
+    """A Figure 4 panel: the model file of planned run ``key``."""
+    return paths.model(*planned_run(runs, key).key)
+
+
+def dataset_adapter(config: dict, ds: str) -> str:
+    """The mgd.data adapter that reads dataset ``ds`` (``synthetic`` for a generated one): the
+    report shows the paper's numbers only beside columns of the paper's datasets."""
+    dataset = config["datasets"][ds]
+    return "synthetic" if "synth" in dataset else dataset["dataset"]["name"]
+
+
+def partition_table(config: dict, paths: Paths, runs: dict[RunKey, Run], name: str) -> dict:
     """Tables 1-3: the two teachers, then every method x student backbone, one column per partition."""
-    config = registry.config
-    parts = partitions(config, ds, proto)
+    ds, proto = config["tables"][name]["dataset"], config["tables"][name]["protocol"]
+    slugs = partitions(config, ds, proto)
+    methods, backbones = rows_of(config, name)
     rows = []
     for role in ("TD", "TW"):
         backbone = config["datasets"][ds]["teachers"][role]["backbone"]
         method = config["datasets"][ds]["teachers"][role]["method"]
-        cells = {part.display: paths.metrics(ds, proto, part.slug, registry.teacher(ds, proto, part.slug, role).run)
-                 for part in parts}
         rows.append({
             "keys": {"method": f"{METHOD_LABELS[method]} ({TEACHER_ROLES[role]})", "backbone": backbone},
             "role": "teacher", "method": method, "backbone": backbone,
-            "complexity": paths.complexity(ds, backbone), "cells": cells,
+            "complexity": paths.complexity(ds, backbone), "latency": paths.latency(ds, backbone),
+            "cells": {partition: metrics_of(paths, runs, (ds, proto, slug, teacher_ref(role).run))
+                      for partition, slug in slugs.items()},
             "paper": f"{METHOD_LABELS[method]}|{TEACHER_ROLES[role]}",
         })
     for backbone in backbones:
         for method in methods:
-            cells = {part.display: paths.metrics(ds, proto, part.slug,
-                                                 registry.student(ds, proto, part.slug, method, backbone))
-                     for part in parts}
             rows.append({
                 "keys": {"method": METHOD_LABELS[method], "backbone": backbone},
                 "role": "student", "method": method, "backbone": backbone,
-                "complexity": paths.complexity(ds, backbone), "cells": cells,
-                "paper": f"{METHOD_LABELS[method]}|{PAPER_BACKBONES.get(backbone, backbone)}",
+                "complexity": paths.complexity(ds, backbone), "latency": paths.latency(ds, backbone),
+                "cells": {partition: metrics_of(paths, runs, (ds, proto, slug, student_id(method, backbone)))
+                          for partition, slug in slugs.items()},
+                "paper": f"{METHOD_LABELS[method]}|{PAPER_BACKBONE_NAMES.get(backbone, backbone)}",
             })
     return {
-        "name": name, "title": title, "dataset": ds, "protocol": proto,
-        "key_columns": ["method", "backbone"], "complexity": True,
-        "value_columns": [part.display for part in parts], "rows": rows,
+        "name": name, "title": PARTITION_TITLES[name], "dataset": ds, "protocol": proto,
+        "key_columns": ["method", "backbone"], "complexity": True, "latency": True,
+        "value_columns": list(slugs), "column_adapters": {partition: dataset_adapter(config, ds) for partition in slugs},
+        "rows": rows,
     }
 
 
-def ablation_table(registry: Registry, paths: Paths, name: str, title: str, key_columns: list[str],
-                   row_defs: list[tuple[dict, str | None, str]], datasets: list[str],
-                   value_columns: list[str] | None = None) -> dict:
-    """Tables 4-6. ``row_defs``: [(keys, variant, paper key)]; one value column per dataset."""
-    config = registry.config
+def ablation_titles(config: dict) -> dict[str, str]:
     ablations = config["tables"]["ablations"]
-    proto = ablations["protocol"]
-    labels = value_columns or [config["datasets"][ds]["label"] for ds in datasets]
-    rows = []
-    for keys, variant, paper in row_defs:
-        cells = {}
-        for ds, label in zip(datasets, labels):
-            slug = partition_slug(config, ds, proto, ablations["partition"], "tables.ablations.partition")
-            cells[label] = paths.metrics(ds, proto, slug, ablation_run(registry, ds, proto, slug,
-                                                                       ablations["backbone"], variant))
-        rows.append({"keys": keys, "role": "student", "method": "mgd", "backbone": ablations["backbone"],
-                     "cells": cells, "paper": paper})
+    setting = f"student {ablations['backbone']} at {ablations['partition']}"
+    first = config["datasets"][ablations["datasets"][0]]["label"]
     return {
-        "name": name, "title": title, "datasets": list(datasets), "protocol": proto,
-        "partition": ablations["partition"], "key_columns": key_columns, "complexity": False,
-        "value_columns": labels, "rows": rows,
+        "table4": f"Table 4: teacher settings, {setting}, mIoU (%)",
+        "table5a": f"Table 5a: loss terms, {setting}, mIoU (%)",
+        "table5b": f"Table 5b: labeled-only vs labeled + unlabeled distillation, {setting}, mIoU (%)",
+        "table6": f"Table 6: region grid H_v x W_v on {first}, {setting}, mIoU (%)",
     }
 
 
-def rows_of(config: dict, name: str) -> tuple[list[str], list[str]]:
-    """(methods, backbones) of partition table ``name``: its own, else the student_* lists."""
-    table = config["tables"].get(name, {})
-    return table.get("methods") or config["student_methods"], table.get("backbones") or config["student_backbones"]
+def ablation_table(config: dict, paths: Paths, runs: dict[RunKey, Run], name: str, datasets: list[str],
+                   rows: list[AblationRow]) -> dict:
+    """Tables 4-6: one row per ablation row, one value column per dataset (Table 6, on the first
+    dataset only: one column, "mIoU")."""
+    ablations = config["tables"]["ablations"]
+    proto, backbone = ablations["protocol"], ablations["backbone"]
+    labels = ["mIoU"] if name == "table6" else [config["datasets"][ds]["label"] for ds in datasets]
+    spec_rows = []
+    for keys, variant, paper in rows:
+        method, ablation, _, _ = variant_student(variant)
+        run = student_id(method, backbone, ablation)
+        spec_rows.append({
+            "keys": keys, "role": "student", "method": "mgd", "backbone": backbone,
+            "cells": {label: metrics_of(paths, runs, (ds, proto, ablation_slug(config, ds), run))
+                      for ds, label in zip(datasets, labels)},
+            "paper": paper,
+        })
+    return {
+        "name": name, "title": ablation_titles(config)[name], "datasets": list(datasets), "protocol": proto,
+        "partition": ablations["partition"], "key_columns": list(rows[0][0]), "complexity": False, "latency": False,
+        "value_columns": labels,
+        "column_adapters": {label: dataset_adapter(config, ds) for ds, label in zip(datasets, labels)},
+        "rows": spec_rows,
+    }
 
 
-def table_specs(registry: Registry, paths: Paths) -> dict[str, dict]:
-    """Every configured table's spec, by name, its runs registered (Tables 1-3 first, so that the
-    ablations reuse their runs)."""
-    config = registry.config
-    tables = config["tables"]
-    specs = {}
-    partition_tables = (
-        ("table1", *rows_of(config, "table1"),
-         "Table 1: teachers and students on the main dataset, mIoU (%) per partition"),
-        ("table2", *rows_of(config, "table2"), "Table 2: few-label protocol, mIoU (%) per labeled count"),
-        ("table3", *rows_of(config, "table3"),
-         "Table 3: teachers and students on the second dataset, mIoU (%) per partition"),
-    )
-    for name, methods, backbones, title in partition_tables:
-        if name in tables:
-            specs[name] = partition_table(registry, paths, name, tables[name]["dataset"], tables[name]["protocol"],
-                                          methods, backbones, title)
-    ablations = tables.get("ablations")
-    if not ablations:
-        return specs
-    datasets, setting = ablations["datasets"], f"student {ablations['backbone']} at {ablations['partition']}"
-    if ablations["table4"]:
-        specs["table4"] = ablation_table(
-            registry, paths, "table4", f"Table 4: teacher settings, {setting}, mIoU (%)",
-            ["first_teacher", "second_teacher"],
-            [({"first_teacher": "T_D", "second_teacher": "none"}, "t4_TD", "T_D|none"),
-             ({"first_teacher": "T_W", "second_teacher": "none"}, "t4_TW", "T_W|none"),
-             # the same-architecture pairs need a second (seed + 1) copy of each teacher
-             *([({"first_teacher": "T_D", "second_teacher": "T_D"}, "t4_TD_TD", "T_D|T_D"),
-                ({"first_teacher": "T_W", "second_teacher": "T_W"}, "t4_TW_TW", "T_W|T_W")]
-               if ablations["same_architecture_pairs"] else []),
-             ({"first_teacher": "T_D", "second_teacher": "T_W"}, None, "T_D|T_W")],
-            datasets)
-    if ablations["table5"]:
-        terms = ["L_sup", "L_P", "L_I_TD", "L_I_TW", "L_R_TD", "L_R_TW"]
+#: the student zoo's table (its CSV: <results>/zoo.csv) and Pareto figure (<results>/zoo_pareto.png)
+ZOO_TABLE = "zoo"
+ZOO_FIGURE = "zoo_pareto"
 
-        def switched_on(*on: str) -> dict[str, bool]:
-            return {term: term in on for term in terms}
 
-        specs["table5a"] = ablation_table(
-            registry, paths, "table5a", f"Table 5a: loss terms, {setting}, mIoU (%)", terms,
-            [(switched_on("L_sup"), "sup", "sup"),
-             (switched_on("L_sup", "L_P"), "t5a_P", "P"),
-             (switched_on("L_sup", "L_P", "L_I_TD"), "t5a_P_ITD", "P+I_TD"),
-             (switched_on("L_sup", "L_P", "L_R_TW"), "t5a_P_RTW", "P+R_TW"),
-             (switched_on("L_sup", "L_P", "L_I_TD", "L_R_TW"), None, "P+I_TD+R_TW"),
-             (switched_on(*terms), "t5a_all", "all")],
-            datasets)
-        terms_b = ["L_sup", "L_P_l", "L_P_u", "L_I_TD", "L_R_TW"]
-        specs["table5b"] = ablation_table(
-            registry, paths, "table5b",
-            f"Table 5b: labeled-only vs labeled + unlabeled distillation, {setting}, mIoU (%)", terms_b,
-            [({term: term in ("L_sup", "L_P_l") for term in terms_b}, "t5b_labeled", "labeled"),
-             ({term: True for term in terms_b}, None, "labeled+unlabeled")],
-            datasets)
-    if ablations["grids"]:
-        first = datasets[0]
-        main_grid = {**method_params(config, first, "mgd"),
-                     **config["datasets"][first]["students"][ablations["backbone"]]["method_params"].get("mgd", {}),
-                     }.get("grid", 7)
-        specs["table6"] = ablation_table(
-            registry, paths, "table6",
-            f"Table 6: region grid H_v x W_v on {config['datasets'][first]['label']}, {setting}, mIoU (%)", ["grid"],
-            [({"grid": f"{g}x{g}"}, None if g == main_grid else f"t6_grid{g}", f"{g}x{g}") for g in ablations["grids"]],
-            datasets[:1], value_columns=["mIoU"])
+def zoo_table(config: dict, paths: Paths, runs: dict[RunKey, Run]) -> dict:
+    """The student zoo: one row per backbone x method, its mIoU, the whole DeepLabv3+'s params and
+    GMACs at the dataset's crop (``complexity_part: model``) and its measured latency."""
+    zoo = zoo_setting(config)
+    ds, proto, slug = zoo["dataset"], zoo["protocol"], zoo["slug"]
+    rows = [{
+        "keys": {"backbone": backbone, "method": METHOD_LABELS[method]},
+        "role": "student", "method": method, "backbone": backbone,
+        "complexity": paths.complexity(ds, backbone), "latency": paths.latency(ds, backbone),
+        "cells": {"mIoU": metrics_of(paths, runs, (ds, proto, slug, student_id(method, backbone)))},
+    } for backbone in zoo["backbones"] for method in zoo["methods"]]
+    return {
+        "name": ZOO_TABLE, "dataset": ds, "protocol": proto, "partition": zoo["partition"],
+        "title": (f"Student zoo on {config['datasets'][ds]['label']} at {zoo['partition']}: mIoU (%), "
+                  "DeepLabv3+ params (M), GMACs and latency (ms) at the training crop"),
+        "key_columns": ["backbone", "method"], "complexity": True, "complexity_part": "model", "latency": True,
+        "value_columns": ["mIoU"], "column_adapters": {"mIoU": dataset_adapter(config, ds)}, "rows": rows,
+    }
+
+
+def table_specs(config: dict, paths: Paths, runs: dict[RunKey, Run]) -> dict[str, dict]:
+    """Every configured table's spec, by name, in table order (the zoo last)."""
+    specs = {name: partition_table(config, paths, runs, name) for name in PARTITION_TABLES if name in config["tables"]}
+    for name, (datasets, rows) in ablation_rows(config).items():
+        specs[name] = ablation_table(config, paths, runs, name, datasets, rows)
+    if zoo_setting(config):
+        specs[ZOO_TABLE] = zoo_table(config, paths, runs)
     return specs
 
 
-def figure_spec(registry: Registry, paths: Paths) -> dict:
+def figure_spec(config: dict, paths: Paths, runs: dict[RunKey, Run]) -> dict:
     """Figures 1, 3 and 4 from Table 1's dataset and runs (Table 3's without Table 1); {} without both."""
-    config = registry.config
-    tables = config["tables"]
-    table = "table1" if "table1" in tables else "table3" if "table3" in tables else None
-    if table is None:
+    setting = figure_setting(config)
+    if setting is None:
         return {}
-    figures, ablations = tables["figures"], tables.get("ablations")
-    ds, proto = tables[table]["dataset"], tables[table]["protocol"]
-    parts = partitions(config, ds, proto)
-    if figures["partition"] is not None:
-        slug = partition_slug(config, ds, proto, figures["partition"], "tables.figures.partition")
-    elif ablations and ablations["datasets"][0] == ds and ablations["protocol"] == proto:
-        slug = partition_slug(config, ds, proto, ablations["partition"], "tables.ablations.partition")
-    else:
-        slug = parts[min(1, len(parts) - 1)].slug
-    backbone = figures["backbone"] or config["student_backbones"][0]
-    if backbone not in config["student_backbones"]:
-        raise ConfigError(f"config key tables.figures.backbone: {backbone!r} is not in student_backbones")
-    methods, _ = rows_of(config, table)
-    qualitative = [method for method in ("sup", "cps", "mgd") if method in methods]
+    ds, proto, slug, backbone = setting["dataset"], setting["protocol"], setting["slug"], setting["backbone"]
     return {
-        "table": table, "dataset": ds, "protocol": proto, "slug": slug,
-        "partition": partition_display(config, ds, proto, slug),
-        "backbone": backbone, "num_images": figures["num_images"],
-        "models": {METHOD_LABELS[method]: paths.model(ds, proto, slug, registry.student(ds, proto, slug, method, backbone))
-                   for method in qualitative},
+        "table": setting["table"], "dataset": ds, "protocol": proto, "slug": slug,
+        "partition": partition_of_slug(config, ds, proto, slug),
+        "backbone": backbone, "num_images": config["tables"]["figures"]["num_images"],
+        "models": {METHOD_LABELS[method]: model_of(paths, runs, (ds, proto, slug, student_id(method, backbone)))
+                   for method in setting["methods"]},
     }
+
+
+#: the students the confusion-matrix figure of a per-class table sets side by side, in panel order
+CONFUSION_METHODS = ("sup", "mgd")
+
+
+def class_tables(config: dict, specs: dict[str, dict], figures: dict) -> dict[str, dict]:
+    """The per-class IoU tables and confusion figures: one per dataset, from the first of Tables
+    1-3 on it. Each reads the figures' partition (``figures``: figure_spec) where the table has
+    it, else its second column (the figures' own rule), and sets side by side the Sup and MGD
+    students it has on the figures' backbone where the table has it, else on its first:
+    table name -> partition, backbone, methods (row labels)."""
+    settings, datasets = {}, set()
+    for name in PARTITION_TABLES:
+        if name not in specs or specs[name]["dataset"] in datasets:
+            continue
+        datasets.add(specs[name]["dataset"])
+        columns = specs[name]["value_columns"]
+        methods, backbones = rows_of(config, name)
+        settings[name] = {
+            "partition": figures["partition"] if figures.get("partition") in columns else columns[min(1, len(columns) - 1)],
+            "backbone": figures["backbone"] if figures.get("backbone") in backbones else backbones[0],
+            "methods": [METHOD_LABELS[method] for method in CONFUSION_METHODS if method in methods],
+        }
+    return settings
+
+
+def curve_runs(paths: Paths, runs: dict[RunKey, Run], specs: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """The training-curve figures: table name -> {line label: run folder} of every trained run
+    behind its cells (an imported teacher has no training log), each once. Lines of Tables 1-3
+    are labelled by method, backbone and partition, those of Tables 4-6 by run id (and dataset)."""
+    by_metrics = {paths.metrics(*key): run for key, run in runs.items()}
+    curves = {}
+    for name, spec in specs.items():
+        lines: dict[str, str] = {}
+        for row in spec["rows"]:
+            for column, path in row["cells"].items():
+                run = by_metrics[path]
+                if run.imported:
+                    continue
+                if name in PARTITION_TABLES:
+                    label = f"{row['keys']['method']} {row['keys']['backbone']} {column}"
+                else:
+                    label = run.key[3] + (f" {column}" if len(spec["value_columns"]) > 1 else "")
+                lines.setdefault(label, paths.run_dir(*run.key))
+        if lines:
+            curves[name] = lines
+    return curves

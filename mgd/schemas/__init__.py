@@ -2,7 +2,8 @@
 
 ``train.schema.yaml`` describes an `mgd train` config, including one ``$defs`` entry per method
 (its parameters, types, enums and defaults); ``workflow.schema.yaml`` describes the workflow config
-and references the train schema's method definitions for its ``method_params``. Validation differs
+and references the train schema's method definitions for its ``method_params``; ``cache.schema.yaml``
+describes an `mgd cache` config (views, teachers, storage layout). Validation differs
 from plain jsonschema in three ways: integers are strict (``4.0`` is not an integer), the error is
 one line naming the dotted key (``config key method_params.mgd.lamda_image: unknown key ...``),
 and the result is a copy with the schema's defaults filled in. A schema may word its own error
@@ -23,7 +24,7 @@ from referencing import Registry, Resource
 
 from mgd.errors import ConfigError
 
-SCHEMA_FILES = {"train": "train.schema.yaml", "workflow": "workflow.schema.yaml"}
+SCHEMA_FILES = {"train": "train.schema.yaml", "workflow": "workflow.schema.yaml", "cache": "cache.schema.yaml"}
 #: base of the schemas' $id: a reference like "train.schema.yaml#/$defs/mgd_params" resolves in the
 #: registry below (nothing is ever fetched; .invalid is a reserved domain)
 BASE_URI = "https://mgd.invalid/schemas/"
@@ -42,7 +43,7 @@ StrictValidator = jsonschema.validators.extend(
 
 @functools.cache
 def load_schema(name: str) -> dict:
-    """The parsed schema ``name`` ("train" or "workflow"), with its $id."""
+    """The parsed schema ``name`` ("train", "workflow" or "cache"), with its $id."""
     schema = yaml.safe_load(resources.files("mgd").joinpath("schemas", SCHEMA_FILES[name]).read_text())
     return {"$id": BASE_URI + SCHEMA_FILES[name], **schema}
 

@@ -34,23 +34,23 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from mgd.data import build_dataset
-from mgd.data.transforms import cutmix_box_masks, train_transform
+from mgd.data.streams import TrainBatch, UnlabeledView, ViewKeys, stream_loader
+from mgd.data.transforms import cutmix_box_masks, images_to_device, train_transform
 from mgd.device import autocast_dtype, init_distributed, memory_format, needs_grad_scaler, select_device
 from mgd.errors import CheckpointError, ConfigError, MgdError
 from mgd.io import atomic_path, torch_save_atomic, write_json_atomic
-from mgd.models import save_model
+from mgd.models import save_model, sync_batchnorm
+from mgd.progress import progress as progress_bar
+from mgd.seeds import derive_seed
 from mgd.splits import read_split
+from mgd.train import CHECKPOINT_NAME, LOG_NAME, SUMMARY_NAME
 from mgd.train.config import config_hash, method_params
-from mgd.train.data import TrainBatch, UnlabeledView, ViewKeys, derive_seed, stream_loader
 from mgd.train.objectives import objective_class
+from mgd.train.stop import StopRequested, StopSignals
 
-CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
-SUMMARY_NAME = "train.json"
-LOG_NAME = "log.csv"
 
 
 #: what a checkpoint must hold for a run to resume from it
@@ -62,11 +62,18 @@ class NonFiniteLossError(MgdError, FloatingPointError):
     """The loss became NaN or infinite (names the iteration and the loss terms)."""
 
 
-def set_determinism(deterministic: bool) -> None:
+#: the cuBLAS workspace setting deterministic matrix products need (read when CUDA initialises)
+DETERMINISTIC_CUBLAS_WORKSPACE = ":4096:8"
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """``deterministic: true``: strict on the CPU (an op without a deterministic kernel raises,
+    and none the training uses lacks one); on CUDA every op with a deterministic kernel uses it
+    and the three families without one (bilinear ``interpolate`` backward, adaptive average
+    pooling backward, ``nll_loss`` forward, all atomic-add reductions) run with a warning, so a
+    CUDA run repeats only up to their floating-point summation order (config/README.md)."""
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # warn_only: bilinear upsampling has no deterministic CUDA backward; the rest is enforced.
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
@@ -82,14 +89,21 @@ def sgd_param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": not_decayed, "weight_decay": 0.0}]
 
 
-def poly_factor(iteration: int, iterations: int, power: float) -> float:
-    return (1.0 - iteration / iterations) ** power
+def poly_schedule(optimizer: torch.optim.Optimizer, iterations: int, power: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr = base * (1 - it / iterations) ** power at iteration ``it`` (0 from ``iterations`` on), in
+    closed form as the public code computes it (furnace/engine/lr_policy.py), so a resumed run
+    (its ``last_epoch`` restored) continues exactly. Not ``torch.optim.lr_scheduler.PolynomialLR``:
+    it multiplies the previous lr by a ratio each step, which drifts from the closed form (up to
+    1.4e-14 relative by 80k iterations; tests/test_train.py::test_poly_schedule_is_the_closed_form)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: (1.0 - min(it, iterations) / iterations) ** power)
 
 
 class Trainer:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.output_dir = Path(cfg["output_dir"])
+        if cfg["deterministic"]:  # before init_distributed / select_device initialise CUDA
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", DETERMINISTIC_CUBLAS_WORKSPACE)
         self.rank, self.world_size = init_distributed(cfg["runtime"]["device"])
         self.device = select_device(cfg["runtime"]["device"])
         self.is_main = self.rank == 0
@@ -118,7 +132,7 @@ class Trainer:
             raise ConfigError(f"config key data.split: {data_cfg['split']} has no unlabeled ids")
         self.num_classes = dataset.num_classes
         self.config_hash = config_hash(cfg)
-        set_determinism(cfg["deterministic"])
+        set_determinism(cfg["deterministic"], self.device)
         torch.manual_seed(cfg["seed"])
 
         self.objective = self.objective_cls(cfg, params, dataset.classes, self.device)
@@ -136,9 +150,7 @@ class Trainer:
             fused=True if use_scaler and self.device.type == "cuda" else None,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: poly_factor(min(it, optim_cfg["iterations"]), optim_cfg["iterations"], optim_cfg["poly_power"])
-        )
+        self.scheduler = poly_schedule(self.optimizer, optim_cfg["iterations"], optim_cfg["poly_power"])
         self.start_iteration = self._resume()
         if self.world_size > 1:
             self._wrap_distributed()
@@ -151,7 +163,7 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         for name, model in self.objective.trainable.items():
             if self.device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                model = sync_batchnorm(model)
             self.objective.trainable[name] = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def _unwrapped(self, name: str) -> nn.Module:
@@ -171,6 +183,7 @@ class Trainer:
             "config_hash": self.config_hash,
             "split_hash": self.split.hash,
             "elapsed_s": elapsed,
+            "resumed_at": list(self.resumed_at),
             "trainable": {name: self._unwrapped(name).state_dict() for name in self.objective.trainable},
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -183,6 +196,8 @@ class Trainer:
 
     def _resume(self) -> int:
         self.elapsed_before = 0.0
+        #: the iterations this run resumed at, earliest first (train.json reports them)
+        self.resumed_at: list[int] = []
         if not self.checkpoint_path.exists():
             return 0
         state = self._load_checkpoint()
@@ -205,6 +220,8 @@ class Trainer:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.elapsed_before = state["elapsed_s"]
+        # a checkpoint written before resumed_at was recorded has none
+        self.resumed_at = [*state.get("resumed_at", []), int(state["iteration"])]
         return state["iteration"]
 
     def _load_checkpoint(self) -> dict:
@@ -252,8 +269,9 @@ class Trainer:
             # loader tensors are pinned on CUDA (pin_memory), so the copy does not block the host
             return tensor.to(self.device, non_blocking=True)
 
-        def image_to_device(image: torch.Tensor) -> torch.Tensor:
-            return to_device(image).contiguous(memory_format=self.memory_format)
+        def image_to_device(image: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+            # uint8 crops, normalised (and their padding set to 0) on the device
+            return images_to_device(image, self.device, padding, self.memory_format)
 
         def keys(sample: dict) -> ViewKeys:
             return ViewKeys(list(sample["id"]), sample["view"].tolist())
@@ -262,7 +280,8 @@ class Trainer:
         views = []
         for stream in unlabeled_iters:
             view = next(stream)
-            views.append(UnlabeledView(image_to_device(view["image"]), to_device(view["mask"]) != 255, keys(view)))
+            padding = to_device(view["padding"])
+            views.append(UnlabeledView(image_to_device(view["image"], padding), ~padding, keys(view)))
         cutmix = None
         if len(views) == 2:
             crop = views[0].image.shape[-2:]
@@ -273,8 +292,8 @@ class Trainer:
             boxes = cutmix_box_masks(local * self.world_size, crop[0], crop[1], generator)
             boxes = boxes[self.rank * local:(self.rank + 1) * local]
             cutmix = to_device(boxes.pin_memory() if cuda else boxes)
-        return TrainBatch(iteration, image_to_device(labeled["image"]), to_device(labeled["mask"]), views, cutmix,
-                          keys(labeled))
+        return TrainBatch(iteration, image_to_device(labeled["image"], labeled["padding"]),
+                          to_device(labeled["mask"]).long(), views, cutmix, keys(labeled))
 
     def batches(self):
         """The run's batches from ``start_iteration`` on, as the loop consumes them."""
@@ -316,7 +335,9 @@ class Trainer:
         return logged
 
     # -- the loop -------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self, stop: StopSignals | None = None) -> dict:
+        """Train to the last iteration; with ``stop`` (installed), a stop signal ends the run after
+        the step in flight with a checkpoint and ``StopRequested``."""
         cfg, runtime = self.cfg, self.cfg["runtime"]
         iterations = cfg["optim"]["iterations"]
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -325,11 +346,12 @@ class Trainer:
         batches = self.batches()
         run_start = time.perf_counter()
         images_seen = 0
-        progress = tqdm(
+        progress = progress_bar(
             total=iterations, initial=self.start_iteration, disable=not self.is_main,
-            desc=f"{cfg['method']['name']} {cfg['model']['backbone']}", dynamic_ncols=True,
+            desc=f"{cfg['method']['name']} {cfg['model']['backbone']}",
         )
         window = LossWindow()
+        stop = stop or StopSignals()
         try:
             for iteration in range(self.start_iteration, iterations):
                 batch = next(batches)
@@ -338,7 +360,8 @@ class Trainer:
                 images_seen += batch.num_images * self.world_size
                 progress.update(1)
                 done = iteration + 1
-                checkpoint_due = done % runtime["checkpoint_every"] == 0 or done == iterations
+                stopping = stop.requested(done, self.device, self.world_size, runtime["log_every"]) and done < iterations
+                checkpoint_due = done % runtime["checkpoint_every"] == 0 or done == iterations or stopping
                 if done % runtime["log_every"] == 0 or checkpoint_due:
                     rows = window.collect()  # the one host-device sync, every log_every steps
                     if log is not None:
@@ -349,6 +372,8 @@ class Trainer:
                     if log is not None:
                         log.flush()
                     self._save_checkpoint(done, self.elapsed_before + time.perf_counter() - run_start)
+                if stopping:
+                    self._stop(log, done, stop.received)
         finally:  # the bar ends its line, so an error message starts on its own
             progress.close()
         wall = self.elapsed_before + time.perf_counter() - run_start
@@ -359,6 +384,14 @@ class Trainer:
             dist.barrier()
         return summary
 
+    def _stop(self, log: ScalarLog | None, done: int, signal_name: str) -> None:
+        """After the checkpoint of a stop: close the log, wait for rank 0's write, raise StopRequested."""
+        if log is not None:
+            log.close()
+        if dist.is_initialized():
+            dist.barrier()
+        raise StopRequested(done, signal_name)
+
     def _finish(self, iterations: int, wall: float, images_seen: int, session_time: float) -> dict:
         summary = {
             "method": self.cfg["method"]["name"],
@@ -366,6 +399,7 @@ class Trainer:
             "config_hash": self.config_hash,
             "split_hash": self.split.hash,
             "iterations": iterations,
+            "resumed_at": self.resumed_at,
             "wall_time_s": wall,
             "images_per_s": images_seen / session_time if images_seen else None,
             "world_size": self.world_size,
@@ -422,14 +456,21 @@ class LossWindow:
 
 
 class ScalarLog:
-    """Per-iteration scalars to log.csv and TensorBoard; on resume, rows past the checkpoint go."""
+    """Per-iteration scalars to log.csv and TensorBoard. Each flush appends only the rows written
+    since the last one (rewriting the whole file each flush made the bytes written grow with the
+    square of the run length); the file is rewritten only when a new column appears and once on
+    resume, where rows past the checkpoint (and a line cut short by a kill) go."""
 
     def __init__(self, output_dir: Path, start_iteration: int, tensorboard: bool):
         self.path = output_dir / LOG_NAME
-        self.rows: list[dict] = []
-        if self.path.exists() and start_iteration > 0:
-            with open(self.path, newline="") as handle:
-                self.rows = [row for row in csv.DictReader(handle) if int(row["iteration"]) <= start_iteration]
+        self.fields: list[str] = []
+        self.pending: list[dict] = []
+        kept = self._read(start_iteration) if start_iteration > 0 else []
+        if kept:
+            self.fields = list(dict.fromkeys(key for row in kept for key in row))
+            self._rewrite(kept)
+        elif self.path.exists():
+            self.path.unlink()  # a fresh run (or nothing logged before the checkpoint): the old log goes
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -437,8 +478,24 @@ class ScalarLog:
             self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_iteration + 1)
         self.last_flush = time.monotonic()
 
+    def _read(self, up_to: int | None = None) -> list[dict]:
+        """The complete rows of log.csv (``up_to``: those up to that iteration)."""
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text().splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines.pop()  # the last append was cut short
+        rows = [{key: value for key, value in row.items() if value != ""} for row in csv.DictReader(lines)]
+        return [row for row in rows if up_to is None or int(row["iteration"]) <= up_to]
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
     def write(self, iteration: int, scalars: dict[str, float]) -> None:
-        self.rows.append({"iteration": iteration, **scalars})
+        self.pending.append({"iteration": iteration, **scalars})
         if self.writer is not None:
             for name, value in scalars.items():
                 self.writer.add_scalar(name, value, iteration)
@@ -446,11 +503,16 @@ class ScalarLog:
             self.flush()
 
     def flush(self) -> None:
-        fields = list(dict.fromkeys(key for row in self.rows for key in row))
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        """Append the pending rows (a new column: rewrite the file once with the wider header)."""
+        if self.pending:
+            new = [key for key in dict.fromkeys(key for row in self.pending for key in row) if key not in self.fields]
+            if new or not self.path.exists():
+                self.fields += new
+                self._rewrite(self._read() + self.pending)
+            else:
+                with open(self.path, "a", newline="") as handle:
+                    csv.DictWriter(handle, fieldnames=self.fields).writerows(self.pending)
+            self.pending = []
         self.last_flush = time.monotonic()
 
     def close(self) -> None:

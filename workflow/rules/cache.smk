@@ -13,18 +13,19 @@
 if CACHE:
 
     rule cache_config:
-        """The config `mgd cache` reads: the partition's data settings and all its teachers."""
+        """The config `mgd cache` reads (mgd/schemas/cache.schema.yaml): the partition's split and
+        training transform, the views, all its teachers, the layout and the .partial output folder."""
         output:
             CACHE_CONFIG,
-        params:
-            text=lambda wc: yaml_text(PLAN.cache_configs[partition_of(wc)]),
         log:
-            f"{RES}/logs/setup/{{ds}}/{{proto}}/{{part}}/cache_{{layout}}.log",
+            f"{RES}/logs/setup/{{ds}}/{{proto}}/{{slug}}/cache_{{layout}}.log",
         benchmark:
-            benchmark("setup/{ds}/{proto}/{part}/cache_{layout}")
+            benchmark("setup/{ds}/{proto}/{slug}/cache_{layout}")
         localrule: True
         conda:
             CONDA_ENV
+        params:
+            text=lambda wc: yaml_text(PLAN.cache_configs[partition_key(wc)]),
         shell:
             WRITE_TEXT
 
@@ -35,24 +36,25 @@ if CACHE:
             split=f"{SPLIT_DIR}/split.json",
             dataset=lambda wc: PLAN.dataset_inputs(wc.ds),
             checks=lambda wc: PLAN.dataset_checks(wc.ds),
-            teachers=lambda wc: [PATHS.model(*partition_of(wc), ref.run) for ref in PLAN.cache_layout(*partition_of(wc)).teachers],
+            teachers=lambda wc: [
+                PATHS.model(*partition_key(wc), ref.run) for ref in PLAN.partition_cache(*partition_key(wc)).teachers
+            ],
         output:
             cache_output(CACHE_FOLDER),
-        params:
-            options=lambda wc: PLAN.cache_options(*partition_of(wc)),
-            partial=CACHE_PARTIAL,
         log:
-            f"{RES}/logs/cache/{{ds}}/{{proto}}/{{part}}/{{layout}}.log",
+            f"{RES}/logs/cache/{{ds}}/{{proto}}/{{slug}}/{{layout}}.log",
         benchmark:
-            benchmark("cache/{ds}/{proto}/{part}/{layout}")
+            benchmark("cache/{ds}/{proto}/{slug}/{layout}")
+        conda:
+            CONDA_ENV
         threads: THREADS["train"]
         resources:
             gpu=min(1, GPUS),  # one process: the other GPUs of a multi-GPU job stay free
             mem_mb=dataset_resources("teacher_mem_mb"),
             runtime=dataset_resources("teacher_runtime"),
-        conda:
-            CONDA_ENV
+        params:
+            partial=CACHE_PARTIAL,
         shell:
             "export OMP_NUM_THREADS={threads:q} MKL_NUM_THREADS={threads:q}; "
-            "mgd job --gpus {resources.gpu:q} -- cache --config {input.config:q} {params.options} "
+            "mgd job --gpus {resources.gpu:q} -- cache --config {input.config:q} "
             ">> {log:q} 2>&1 && mv {params.partial:q} {output:q}"

@@ -6,19 +6,19 @@ rule synth:
     """Generate a synthetic dataset with `mgd synth` (dataset.json is written last)."""
     output:
         f"{RES}/{{ds}}/data/dataset.json",
+    log:
+        f"{RES}/logs/synth/{{ds}}.log",
+    benchmark:
+        benchmark("synth/{ds}")
+    conda:
+        CONDA_ENV
+    threads: 1
     params:
         root=lambda wc: PATHS.synth_root(wc.ds),
         num_train=lambda wc: CFG["datasets"][wc.ds]["synth"]["num_train"],
         num_val=lambda wc: CFG["datasets"][wc.ds]["synth"]["num_val"],
         size=lambda wc: CFG["datasets"][wc.ds]["synth"]["size"],
         seed=lambda wc: CFG["datasets"][wc.ds]["synth"]["seed"],
-    log:
-        f"{RES}/logs/synth/{{ds}}.log",
-    benchmark:
-        benchmark("synth/{ds}")
-    threads: 1
-    conda:
-        CONDA_ENV
     shell:
         "mgd synth --root {params.root:q} --num-train {params.num_train:q} --num-val {params.num_val:q} "
         "--size {params.size:q} --seed {params.seed:q} > {log:q} 2>&1"
@@ -28,8 +28,6 @@ rule dataset_config:
     """The dataset config slice every `mgd` command of this dataset reads."""
     output:
         f"{RES}/{{ds}}/dataset.yaml",
-    params:
-        text=lambda wc: yaml_text(PLAN.dataset_slice(wc.ds)),
     log:
         f"{RES}/logs/setup/{{ds}}_dataset_config.log",
     benchmark:
@@ -37,6 +35,8 @@ rule dataset_config:
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        text=lambda wc: yaml_text(PLAN.dataset_slice(wc.ds)),
     shell:
         WRITE_TEXT
 
@@ -49,15 +49,15 @@ rule check_data:
         lambda wc: PLAN.dataset_inputs(wc.ds),
     output:
         f"{RES}/{{ds}}/checks/{{split}}.json",
-    params:
-        dataset_yaml=lambda wc: PATHS.dataset_yaml(wc.ds),
     log:
         f"{RES}/logs/checks/{{ds}}/{{split}}.log",
     benchmark:
         benchmark("checks/{ds}/{split}")
-    threads: 1
     conda:
         CONDA_ENV
+    threads: 1
+    params:
+        dataset_yaml=lambda wc: PATHS.dataset_yaml(wc.ds),
     shell:
         "mgd check-data --dataset-config {params.dataset_yaml:q} --split {wildcards.split:q} --out {output:q} "
         "> {log:q} 2>&1"
@@ -66,19 +66,19 @@ rule check_data:
 rule split:
     """One partition: labeled.txt, unlabeled.txt and split.json (with the lists' hash)."""
     input:
-        lambda wc: PLAN.split_inputs(*partition_of(wc)),
+        lambda wc: PLAN.split_inputs(*partition_key(wc)),
     output:
         f"{SPLIT_DIR}/split.json",
         f"{SPLIT_DIR}/labeled.txt",
         f"{SPLIT_DIR}/unlabeled.txt",
-    params:
-        command=lambda wc: PLAN.split_command(*partition_of(wc)),
     log:
-        f"{RES}/logs/splits/{{ds}}/{{proto}}/{{part}}.log",
+        f"{RES}/logs/splits/{{ds}}/{{proto}}/{{slug}}.log",
     benchmark:
-        benchmark("splits/{ds}/{proto}/{part}")
-    threads: 1
+        benchmark("splits/{ds}/{proto}/{slug}")
     conda:
         CONDA_ENV
+    threads: 1
+    params:
+        command=lambda wc: PLAN.split_command(*partition_key(wc)),
     shell:
         "{params.command} > {log:q} 2>&1"

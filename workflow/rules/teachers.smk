@@ -12,15 +12,15 @@ rule run_config:
     """The `mgd train` YAML of one run, from the workflow config slice it needs."""
     output:
         f"{RUN}/config.yaml",
-    params:
-        text=lambda wc: yaml_text(PLAN.run(*run_of(wc)).train_config),
     log:
-        f"{RES}/logs/setup/{{ds}}/{{proto}}/{{part}}/{{run}}_config.log",
+        f"{RES}/logs/setup/{{ds}}/{{proto}}/{{slug}}/{{run}}_config.log",
     benchmark:
-        benchmark("setup/{ds}/{proto}/{part}/{run}_config")
+        benchmark("setup/{ds}/{proto}/{slug}/{run}_config")
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        text=lambda wc: yaml_text(PLAN.run(*run_key(wc)).train_config),
     shell:
         WRITE_TEXT
 
@@ -28,26 +28,27 @@ rule run_config:
 rule train_teacher:
     """A teacher backbone (ResNet-101 v1c or WRN-50-2 in the paper) trained by CPS, or by Sup."""
     input:
-        unpack(lambda wc: PLAN.run_inputs(*run_of(wc))),
+        unpack(lambda wc: PLAN.run_inputs(*run_key(wc))),
     output:
         **train_outputs(protect_model=True),
+    log:
+        f"{RES}/logs/train/{{ds}}/{{proto}}/{{slug}}/{{run}}.log",
+    benchmark:
+        benchmark("train/{ds}/{proto}/{slug}/{run}")
     wildcard_constraints:
         run="teacher_[A-Za-z0-9_]+",
-    params:
-        dir=lambda wc: PATHS.run_dir(*run_of(wc)),
-        commands=lambda wc: PLAN.train_commands(*run_of(wc)),
-        drop=DROP_CHECKPOINT,
-    log:
-        f"{RES}/logs/train/{{ds}}/{{proto}}/{{part}}/{{run}}.log",
-    benchmark:
-        benchmark("train/{ds}/{proto}/{part}/{run}")
+    retries: train_retries("teacher_runtime")
+    conda:
+        CONDA_ENV
     threads: THREADS["train"]
     resources:
         gpu=GPUS,
         mem_mb=dataset_resources("teacher_mem_mb"),
-        runtime=dataset_resources("teacher_runtime"),
-    conda:
-        CONDA_ENV
+        runtime=train_runtime("teacher_runtime"),
+    params:
+        dir=lambda wc: PATHS.run_dir(*run_key(wc)),
+        commands=lambda wc: PLAN.train_commands(*run_key(wc)),
+        drop=DROP_CHECKPOINT,
     shell:
         TRAIN_SHELL
 
@@ -69,23 +70,23 @@ if IMPORTED:
         input:
             unpack(lambda wc: PLAN.import_inputs(*IMPORTED[wc.imported].key)),
         output:
-            model=protected(f"{RES}/{{imported}}/model.pt"),
             **({"metrics": f"{RES}/{{imported}}/metrics.json"} if EVAL_IN_TRAIN else {}),
-        wildcard_constraints:
-            imported="|".join(re.escape(folder) for folder in IMPORTED),
-        params:
-            commands=lambda wc: PLAN.import_commands(*IMPORTED[wc.imported].key),
+            model=protected(f"{RES}/{{imported}}/model.pt"),
         log:
             f"{RES}/logs/import/{{imported}}.log",
         benchmark:
             benchmark("import/{imported}")
+        wildcard_constraints:
+            imported="|".join(re.escape(folder) for folder in IMPORTED),
+        conda:
+            CONDA_ENV
         threads: THREADS["evaluate"]
         resources:
             gpu=min(1, GPUS) if EVAL_IN_TRAIN else 0,  # evaluation is one process; the import needs none
             mem_mb=lambda wc: CFG["datasets"][IMPORTED[wc.imported].dataset]["resources"]["evaluate_mem_mb"],
             runtime=lambda wc: CFG["datasets"][IMPORTED[wc.imported].dataset]["resources"]["evaluate_runtime"],
-        conda:
-            CONDA_ENV
+        params:
+            commands=lambda wc: PLAN.import_commands(*IMPORTED[wc.imported].key),
         shell:
             "export OMP_NUM_THREADS={threads:q} MKL_NUM_THREADS={threads:q}; "
             "mgd job --gpus {resources.gpu:q} -- {params.commands} > {log:q} 2>&1"

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from mgd.data.streams import TrainBatch
 from mgd.models import build_model
-from mgd.train.data import TrainBatch
 
 
 class Objective(ABC):
@@ -23,7 +23,7 @@ class Objective(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     #: 0 (labeled only), or 2 (two independently seeded unlabeled streams mixed by CutMix)
     unlabeled_streams: ClassVar[int] = 0
-    #: cached-view replay (mgd.cache) the streams must draw from, or None for fresh augmentations
+    #: cached-view replay (mgd.seeds.ViewReplay) the streams must draw from, or None for fresh augmentations
     view_replay = None
 
     def __init__(self, cfg: dict, params: dict[str, Any], classes: tuple[str, ...], device: torch.device):
@@ -33,6 +33,9 @@ class Objective(ABC):
         self.classes = tuple(classes)
         self.num_classes = len(self.classes)
         self.device = device
+        #: method.forward: one forward per image group in the public code's order (True) or one on
+        #: their concatenation (mgd.models.groups)
+        self.separate = params["forward"] == "separate"
         #: models the optimiser updates, by name; the loop may wrap them (DDP)
         self.trainable: dict[str, nn.Module] = {}
         #: models used without gradients (EMA or pretrained teachers), by name

@@ -1,10 +1,13 @@
 """Distillation objectives with frozen CPS teachers: MGD and the KD, CWD and SKT baselines.
 
-The student runs once per step on the labeled crops concatenated with the CutMix-mixed unlabeled
-image. Each teacher's targets (``mgd.train.teachers.TeacherTargets``) come from the teacher run
-online or from a teacher cache (``teacher_source``), on the mixed image itself or as mixes of its
-outputs on the two un-mixed views (``mixed_targets``); see ``mgd.train.teachers``. SKT's targets
-are the first teacher's backbone stages on the mixed image, always online.
+With ``forward: separate`` the student runs by itself on the mixed image and then on the labeled
+crops, as the public code (``V18/train.py:273,314``), MGD's after two gradient-free forwards on the
+two un-mixed unlabeled views (``V18/train.py:243-244``), which only move its BN running statistics;
+with ``joint`` once on the labeled crops concatenated with the mixed image. Each teacher's targets
+(``mgd.teachers.targets.TeacherTargets``) come from the teacher run online or from a teacher cache
+(``teacher_source``), on the mixed image itself or as mixes of its outputs on the two un-mixed
+views (``mixed_targets``); the package ``mgd.teachers`` holds all of it. SKT's targets are the
+first teacher's backbone stages on the mixed image, always online.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mgd.errors import ConfigError
@@ -25,14 +27,14 @@ from mgd.losses import (
     skt_inter_layer_loss,
     skt_intra_layer_loss,
 )
-from mgd.models import load_model
+from mgd.data.streams import TrainBatch
+from mgd.models import forward_groups
 from mgd.schemas import method_defaults
-from mgd.splits import read_split
-from mgd.train.data import TrainBatch
+from mgd.teachers.sources import build_teachers
+from mgd.teachers.storage import DENSE_FIELDS, MGD_FIELDS
+from mgd.teachers.targets import TeacherTargets
 from mgd.train.objectives.base import Objective
-from mgd.train.objectives.semi import split_outputs, supervised_loss
-from mgd.train.teacher_cache import DENSE_FIELDS, MGD_FIELDS, CacheLayout, TeacherCache
-from mgd.train.teachers import CachedTeacher, OnlineTeacher, TeacherSource, TeacherTargets
+from mgd.train.objectives.semi import supervised_loss
 
 
 def use_batch_statistics(model: nn.Module) -> None:
@@ -43,44 +45,9 @@ def use_batch_statistics(model: nn.Module) -> None:
             module.track_running_stats = False  # batch statistics; buffers stay as loaded
 
 
-def teacher_entries(params: dict, method: str) -> list[tuple[str, str, str]]:
-    """(name, model path, config key) of each configured teacher, checked."""
-    entries = []
-    for index, entry in enumerate(params["teachers"]):
-        key = f"method.teachers[{index}]"
-        if entry["name"] in [name for name, _, _ in entries]:
-            raise ConfigError(f"config key {key}: teacher name {entry['name']!r} is used twice")
-        entries.append((entry["name"], entry["model"], key))
-    if not entries:
-        raise ConfigError(f"config key method.teachers: method {method!r} needs at least one teacher")
-    return entries
-
-
-def check_teacher_classes(teacher: nn.Module, path: str, key: str, dataset_classes: tuple[str, ...]) -> None:
-    """ConfigError unless ``teacher`` predicts the dataset's classes: by name where its file records
-    them (an imported official checkpoint with another dataset's class order would distil wrong
-    targets silently), by count where it records none."""
-    if teacher.num_classes != len(dataset_classes):
-        raise ConfigError(f"config key {key}: teacher {path} predicts {teacher.num_classes} classes, "
-                          f"the dataset has {len(dataset_classes)}")
-    if teacher.class_names is not None and tuple(teacher.class_names) != tuple(dataset_classes):
-        raise ConfigError(f"config key {key}: teacher {path} was trained on classes ({', '.join(teacher.class_names)}) "
-                          f"but the dataset has ({', '.join(dataset_classes)})")
-
-
-def check_cacheable(objective_cls: type[TeacherDistillation], params: dict) -> None:
-    """ConfigError unless a teacher cache can serve this method with these parameters."""
-    if objective_cls.uncacheable is not None:
-        raise ConfigError(f"config key method.teacher_source: {objective_cls.uncacheable}")
-    if params["teacher_cache"] is None:
-        raise ConfigError("config key method.teacher_cache: the folder written by `mgd cache` is needed")
-    if params["teacher_bn"] != "eval":
-        raise ConfigError("config key method.teacher_bn: 'train' normalises with each step's batch statistics, "
-                          "which a cache cannot hold; use 'eval'")
-
-
 class TeacherDistillation(Objective):
-    """Base of the distillation objectives: the frozen teachers, run online or read from a cache."""
+    """Base of the distillation objectives: the frozen teachers, run online or read from a cache
+    (``mgd.teachers.sources.build_teachers``)."""
 
     unlabeled_streams = 2
     #: why a teacher cache cannot serve the method (None: it can)
@@ -90,37 +57,13 @@ class TeacherDistillation(Objective):
 
     def __init__(self, cfg, params, classes, device):
         super().__init__(cfg, params, classes, device)
-        entries = teacher_entries(params, self.name)
-        self.teacher_names = [name for name, _, _ in entries]
-        from_cache = params["teacher_source"] == "cache"
-        if from_cache:
-            check_cacheable(type(self), params)
-        # SKT has no mixed_targets parameter: its targets are always the teacher's on the mixed image.
-        self.mixed_targets = params.get("mixed_targets") or ("views" if from_cache else "teacher")
-        if from_cache and self.mixed_targets != "views":
-            raise ConfigError("config key method.mixed_targets: a teacher cache holds no outputs on the mixed image; "
-                              "use 'views' (or leave it out)")
+        self.teachers = build_teachers(cfg, params, self.name, self.classes, self.view_fields, self.uncacheable)
+        self.teacher_names = self.teachers.names
         #: Hv = Wv of the pooled teacher features the method uses (MGD's region loss)
         self.feature_grid = None
-        #: the cache's views, replayed by the loop's streams (None: fresh augmentations)
-        self.view_replay = None
-        self.cache = None
-        self.layout = CacheLayout()
-        if params["teacher_cache"] is not None:
-            self.cache = TeacherCache.open(params["teacher_cache"])
-            self.cache.check_run(read_split(cfg["data"]["split"]), cfg["data"])
-            self.view_replay, self.layout = self.cache.views, self.cache.layout
-        #: where each teacher's targets come from, by name; a cached teacher is never loaded
-        self.sources: dict[str, TeacherSource] = {}
-        for name, path, key in entries:
-            if from_cache:
-                store = self.cache.store(path, key, self.num_classes, self.view_fields)
-                self.sources[name] = CachedTeacher(store, self.layout, self.view_fields, check_replay=not self.sources)
-                continue
-            teacher = load_model(path)
-            check_teacher_classes(teacher, path, key, self.classes)
-            self.frozen[f"teacher_{name}"] = teacher
-            self.sources[name] = OnlineTeacher(teacher, self.layout, self.view_fields, self.mixed_targets)
+        self.view_replay = self.teachers.view_replay
+        for name, model in self.teachers.models().items():
+            self.frozen[f"teacher_{name}"] = model
         self.trainable["student"] = self.build_student(cfg["seed"])
 
     def set_modes(self) -> None:
@@ -144,15 +87,23 @@ class TeacherDistillation(Objective):
 
     def teacher_targets(self, name: str, batch: TrainBatch, unlabeled: bool) -> TeacherTargets:
         """The targets of teacher ``name`` for this step, online or cached alike."""
-        return self.sources[name].targets(batch, unlabeled, self.feature_grid)
+        return self.teachers.sources[name].targets(batch, unlabeled, self.feature_grid)
 
-    def student_outputs(self, batch: TrainBatch, unlabeled: bool):
+    #: separate forwards: the student also runs without gradients on the two un-mixed views first (MGD)
+    student_on_views: ClassVar[bool] = False
+
+    def student_outputs(self, batch: TrainBatch, unlabeled: bool, run=None) -> list:
+        """The student's outputs on the labeled crops and, with ``unlabeled``, the mixed image
+        (``run``: what to call instead of the student, e.g. to collect more of its forward)."""
         student = self.trainable["student"]
+        run = student if run is None else run
         if not unlabeled:
-            return student(batch.labeled_image), None
-        output = student(torch.cat([batch.labeled_image, batch.mixed_image()]))
-        labeled_count = batch.labeled_image.shape[0]
-        return output, labeled_count
+            return [run(batch.labeled_image)]
+        if self.separate and self.student_on_views:
+            with torch.no_grad():
+                for view in batch.unlabeled:
+                    student(view.image)
+        return forward_groups(run, [batch.labeled_image, batch.mixed_image()], self.separate, order=(1, 0))
 
 
 class MultiGranularityDistillation(TeacherDistillation):
@@ -164,28 +115,22 @@ class MultiGranularityDistillation(TeacherDistillation):
 
     name = "mgd"
     defaults = method_defaults("mgd")
+    student_on_views = True
 
     def __init__(self, cfg, params, classes, device):
         super().__init__(cfg, params, classes, device)
         self.image_teachers = self._check_teacher_index("image_level_teachers", params["image_level_teachers"])
         self.region_teachers = self._check_teacher_index("region_level_teachers", params["region_level_teachers"])
         self.feature_grid = params["grid"]
-        if self.mixed_targets == "views" and self.region_teachers and params["grid"] not in self.layout.feature_grids:
-            raise ConfigError(
-                f"config key method.grid: {params['grid']} x {params['grid']} teacher features are not among the pooled "
-                f"ones mixed_targets 'views' uses ({', '.join(map(str, self.layout.feature_grids))}; "
-                "mgd cache --feature-grids)"
-            )
+        if self.region_teachers:
+            self.teachers.mixed.check_grid(params["grid"], self.teachers.layout)
         self.uses_unlabeled = bool(params["pixel_unlabeled"] or self.image_teachers or self.region_teachers)
 
     def losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         params = self.params
-        output, labeled_count = self.student_outputs(batch, self.uses_unlabeled)
-        if labeled_count is None:
-            labeled_logits, mixed_logits, mixed_feature = output.logits, None, None
-        else:
-            labeled_logits, mixed_logits = split_outputs(output.logits, labeled_count)
-            mixed_feature = output.feature[labeled_count:]
+        outputs = self.student_outputs(batch, self.uses_unlabeled)
+        labeled_logits = outputs[0].logits
+        mixed_logits, mixed_feature = (outputs[1].logits, outputs[1].feature) if self.uses_unlabeled else (None, None)
         terms = {}
         if params["supervised"]:
             terms["sup"] = supervised_loss(labeled_logits, batch.labeled_mask, params)
@@ -217,8 +162,8 @@ class LogitDistillation(TeacherDistillation):
     loss_function = staticmethod(kd_loss)
 
     def losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        output, labeled_count = self.student_outputs(batch, unlabeled=True)
-        labeled_logits, mixed_logits = split_outputs(output.logits, labeled_count)
+        labeled, mixed = self.student_outputs(batch, unlabeled=True)
+        labeled_logits, mixed_logits = labeled.logits, mixed.logits
         terms = {"sup": supervised_loss(labeled_logits, batch.labeled_mask, self.params)}
         weight, temperature = self.params["distill_weight"], self.params["temperature"]
         for name in self.teacher_names:
@@ -235,7 +180,8 @@ class KnowledgeDistillation(LogitDistillation):
 
 
 class ChannelWiseDistillation(LogitDistillation):
-    """CWD (Shu et al., ICCV 2021): per-channel spatial softmax, KL; tau = 4, weight 3 as in CWD."""
+    """CWD (Shu et al., ICCV 2021): per-channel spatial softmax, KL; tau 1, weight 5 as the CWD
+    logits config of mmrazor."""
 
     name = "cwd"
     defaults = method_defaults("cwd")
@@ -306,13 +252,19 @@ class StructuredKnowledgeTransfer(TeacherDistillation):
         return [(student_stages[r][0], teacher_stages[r][0], student_stages[r][1], teacher_stages[r][1]) for r in shared]
 
     def losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        output, labeled_count = self.student_outputs(batch, unlabeled=True)
-        student_stages = self.student_tap.features
-        terms = {"sup": supervised_loss(output.logits[:labeled_count], batch.labeled_mask, self.params)}
+        def with_stages(model: nn.Module, tap: FeatureTap):
+            return lambda images: (model(images).logits, tap.features)
+
+        groups = [batch.labeled_image, batch.mixed_image()]
+        (labeled_logits, labeled_stages), (_, mixed_stages) = self.student_outputs(
+            batch, unlabeled=True, run=with_stages(self.trainable["student"], self.student_tap))
+        student_stages = [torch.cat(pair) for pair in zip(labeled_stages, mixed_stages)]
+        terms = {"sup": supervised_loss(labeled_logits, batch.labeled_mask, self.params)}
         with torch.no_grad():
-            teacher = self.teacher(self.teacher_names[0])
-            teacher(torch.cat([batch.labeled_image, batch.mixed_image()]))
-            teacher_stages = self.teacher_tap.features
+            # teacher_bn train: batch statistics of each group, as the code's separate forwards
+            per_group = forward_groups(with_stages(self.teacher(self.teacher_names[0]), self.teacher_tap), groups,
+                                       self.params["teacher_bn"] == "train", order=(1, 0))
+            teacher_stages = [torch.cat(pair) for pair in zip(per_group[0][1], per_group[1][1])]
         adapted = self.trainable["adapters"](student_stages)
         targets = [teacher_stages[teacher_index] for _, teacher_index, _, _ in self.pairs]
         terms["skt_intra"] = self.params["intra_weight"] * skt_intra_layer_loss(adapted, targets)

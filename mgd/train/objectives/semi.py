@@ -1,10 +1,12 @@
 """Supervised and semi-supervised objectives: Sup, Mean Teacher, Cross Pseudo Supervision.
 
 They train the CPS teachers (ResNet-101, WRN-50-2) and the student baselines of Tables 1-3.
-Each trainable network runs once per step on the labeled batch concatenated with the unlabeled
-batch (one forward per DDP module and step): for CPS (and MT's CutMix variant) the CutMix-mixed
-image, its pseudo-labels coming from gradient-free forwards on the two un-mixed unlabeled views,
-mixed with the same box mask; for MT as TorchSemiSeg runs it, one plain unlabeled view.
+The unlabeled batch is, for CPS (and MT's CutMix variant), the CutMix-mixed image, its
+pseudo-labels coming from gradient-free forwards on the two un-mixed unlabeled views, mixed with
+the same box mask; for MT as TorchSemiSeg runs it, one plain unlabeled view. With ``forward:
+separate`` each trainable network runs on each group by itself in the public code's order (CPS:
+un-mixed views, mixed image, labeled crops; MT: labeled crops, unlabeled view), with ``joint``
+once on the labeled batch concatenated with the unlabeled one (``mgd.models.groups``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import copy
 import torch
 from torch import nn
 
-from mgd.errors import ConfigError
+from mgd.data.streams import TrainBatch
 from mgd.losses import mean_teacher_consistency_loss, ohem_ce_loss, pixel_consistency_loss, supervised_ce_loss
+from mgd.models import forward_groups
 from mgd.schemas import method_defaults
-from mgd.train.data import TrainBatch
 from mgd.train.objectives.base import Objective
 
 
@@ -29,10 +31,6 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor, params: dict) ->
             logits, target, threshold=params["ohem_threshold"], min_kept_per_image=params["ohem_min_kept"]
         )
     return supervised_ce_loss(logits, target)
-
-
-def split_outputs(logits: torch.Tensor, labeled_count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return logits[:labeled_count], logits[labeled_count:]
 
 
 class Supervised(Objective):
@@ -72,21 +70,30 @@ class MeanTeacher(Objective):
         self.frozen["ema"] = copy.deepcopy(student).requires_grad_(False)
 
     def losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        labeled_count = batch.labeled_image.shape[0]
-        cutmix = self.params["consistency"] == "cutmix"
-        unlabeled_image = batch.mixed_image() if cutmix else batch.unlabeled[0].image
-        both = torch.cat([batch.labeled_image, unlabeled_image])
-        student_logits = self.trainable["student"](both).logits
-        with torch.no_grad():
-            ema = self.frozen["ema"]
-            if cutmix:
+        student, ema = self.trainable["student"], self.frozen["ema"]
+        if self.params["consistency"] == "cutmix":
+            # ours (no public code): the order of CPS's forwards, the EMA's on the un-mixed views first
+            with torch.no_grad():
                 first, second = (ema(view.image).logits for view in batch.unlabeled)
                 target_logits = batch.mix_maps(first, second)
-            else:
-                target_logits = ema(both).logits
-        consistency_logits = student_logits[labeled_count:] if cutmix else student_logits
+            labeled, mixed = forward_groups(student, [batch.labeled_image, batch.mixed_image()], self.separate,
+                                            order=(1, 0))
+            sup_logits, consistency_logits = labeled.logits, mixed.logits
+        else:
+            # TorchSemiSeg MT (train.py:180-181): student and EMA on the labeled crops, then on the unlabeled view
+            groups = [batch.labeled_image, batch.unlabeled[0].image]
+
+            def student_and_ema(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                logits = student(images).logits
+                with torch.no_grad():
+                    return logits, ema(images).logits
+
+            outputs = forward_groups(student_and_ema, groups, self.separate)
+            sup_logits = outputs[0][0]
+            consistency_logits = torch.cat([logits for logits, _ in outputs])
+            target_logits = torch.cat([target for _, target in outputs])
         return {
-            "sup": supervised_loss(student_logits[:labeled_count], batch.labeled_mask, self.params),
+            "sup": supervised_loss(sup_logits, batch.labeled_mask, self.params),
             "consistency": self.params["consistency_weight"]
             * mean_teacher_consistency_loss(consistency_logits, target_logits),
         }
@@ -133,15 +140,20 @@ class CrossPseudoSupervision(Objective):
         return batch.mix_labels(first, second)
 
     def losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        labeled_count = batch.labeled_image.shape[0]
-        both = torch.cat([batch.labeled_image, batch.mixed_image()])
-        terms = {}
-        outputs = {}
-        for name in ("student", "peer"):
-            network = self.trainable[name]
-            outputs[name] = split_outputs(network(both).logits, labeled_count)
-            terms[f"sup_{name}"] = supervised_loss(outputs[name][0], batch.labeled_mask, self.params)
-        pseudo = {name: self._mixed_pseudo_label(self.trainable[name], batch) for name in ("student", "peer")}
+        names = ("student", "peer")
+        groups = [batch.labeled_image, batch.mixed_image()]
+        if self.separate:
+            # V101/train.py: each network on the un-mixed views without gradients (:207-217), on the
+            # mixed image (:230-232), on the labeled crops (:240-241)
+            pseudo = {name: self._mixed_pseudo_label(self.trainable[name], batch) for name in names}
+            mixed = {name: self.trainable[name](groups[1]).logits for name in names}
+            labeled = {name: self.trainable[name](groups[0]).logits for name in names}
+            outputs = {name: (labeled[name], mixed[name]) for name in names}
+        else:
+            outputs = {name: tuple(output.logits for output in forward_groups(self.trainable[name], groups, False))
+                       for name in names}
+            pseudo = {name: self._mixed_pseudo_label(self.trainable[name], batch) for name in names}
+        terms = {f"sup_{name}": supervised_loss(outputs[name][0], batch.labeled_mask, self.params) for name in names}
         weight = self.params["cps_weight"]
         terms["cps_student"] = weight * pixel_consistency_loss(outputs["student"][1], pseudo["peer"])
         terms["cps_peer"] = weight * pixel_consistency_loss(outputs["peer"][1], pseudo["student"])

@@ -1,5 +1,5 @@
 """The teacher cache's storage format: what ``mgd cache`` writes and a distillation run reads
-(docs/cache.md).
+(docs/cache.md). numpy only: no torch here (``mgd.teachers.targets`` converts to and from tensors).
 
 A cache folder holds ``manifest.json`` (split, ids, preprocessing, views, layout, and one entry per
 teacher, keyed by the sha256 of its model file, with the size and sha256 of each of its files) and
@@ -9,7 +9,7 @@ holds one compressed map per view in write order (position = image row * K + vie
 ``argmax.offsets.npy`` the ``images * K + 1`` record boundaries. ``progress.json`` records the
 views written so far, where a killed ``mgd cache`` resumes.
 
-Compact storage form, per view and teacher (``reduce_outputs``):
+Compact storage form, per view and teacher (``mgd.teachers.targets.storage_form``):
 - ``argmax``: uint8 class map, each row XOR-ed with the row above (most rows repeat the one above
   exactly), deflated (zlib): lossless.
 - ``logits`` (pooled over ``logit_stride`` cells) and ``feature`` (the decoder feature pooled to
@@ -28,32 +28,30 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-import torchvision
-from torch import nn
 
-from mgd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mgd.errors import CheckpointError, ConfigError, StaleCacheError
 from mgd.io import sha256_file, write_json_atomic
-from mgd.models.deeplab import HEAD_CHANNELS
-from mgd.train.data import ViewKeys, ViewReplay
+from mgd.seeds import ViewReplay
 
 FORMAT = "mgd.teacher_cache"
 VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PROGRESS_NAME = "progress.json"
+#: the key of a distillation run's config naming the cache it reads
 CACHE_KEY = "method.teacher_cache"
-# The paper's Hv = Wv (Table 6's best); pass 3 5 7 9 11 to serve all of Table 6 from one cache.
+# The paper's Hv = Wv (Table 6's best); list 3 5 7 9 11 to serve all of Table 6 from one cache.
 DEFAULT_FEATURE_GRIDS = (7,)
 # L_I takes only the spatial mean of the (mixed) logits; the grid only matters for cells a CutMix
 # box edge crosses (docs/cache.md: 15.7 % vs 15.9 % error against the teacher on the mixed image).
 DEFAULT_LOGIT_STRIDE = 32
 # The decoder feature (and the classifier output) of DeepLabv3+ is at stride 4.
 DECODER_STRIDE = 4
+# 256 channels: the DeepLabv3+ decoder's width (mgd.models.deeplab.HEAD_CHANNELS, checked by a test).
+DECODER_CHANNELS = 256
 # Each cached view keeps its input crop average-pooled to 4 x 4: a run checks that it replays the
 # very crop the cache was made on. The tolerance (normalised units) is above the rounding
 # differences between resize kernels (one grey level is 0.017) and far below what another scale,
@@ -72,8 +70,8 @@ QUANT_LEVELS = 255
 
 
 @dataclass(frozen=True)
-class CacheLayout:
-    """What is stored per view and teacher, and at which resolution."""
+class StorageLayout:
+    """What a cache stores per view and teacher, and at which resolution (its manifest's ``layout``)."""
 
     # decoder feature average-pooled to each G x G (the region loss's Hv x Wv), cells concatenated
     feature_grids: tuple[int, ...] = DEFAULT_FEATURE_GRIDS
@@ -81,13 +79,13 @@ class CacheLayout:
     dense_logits: bool = False  # classifier output at stride 4 (KD/CWD soft targets)
 
     @classmethod
-    def from_dict(cls, layout: dict) -> CacheLayout:
+    def from_dict(cls, layout: dict) -> StorageLayout:
         return cls(**{**layout, "feature_grids": tuple(layout["feature_grids"])})
 
-    def grid_feature(self, feature: torch.Tensor, grid: int) -> torch.Tensor:
-        """The B x C x grid x grid map out of the concatenated pooled cells ``feature`` (B x C x cells)."""
+    def grid_cells(self, grid: int) -> slice:
+        """Where the ``grid`` x ``grid`` cells lie among the concatenated pooled cells of a feature."""
         offset = sum(size * size for size in self.feature_grids[:self.feature_grids.index(grid)])
-        return feature[:, :, offset:offset + grid * grid].unflatten(2, (grid, grid))
+        return slice(offset, offset + grid * grid)
 
     def fields(self, crop: int, num_classes: int) -> dict[str, tuple[str, tuple[int, ...]]]:
         """Field name -> (numpy dtype, shape of one view, decoded) at a square ``crop``."""
@@ -100,7 +98,7 @@ class CacheLayout:
             "argmax": ("uint8", (crop, crop)),
             "logits": ("uint8", (num_classes, logit_side, logit_side)),
             "logits_scale": ("float32", (2, num_classes)),
-            "feature": ("uint8", (HEAD_CHANNELS, cells)),
+            "feature": ("uint8", (DECODER_CHANNELS, cells)),
             "feature_scale": ("float32", (2, cells)),
             "thumbnail": ("float32", (3, THUMBNAIL_SIZE, THUMBNAIL_SIZE)),
         }
@@ -119,93 +117,6 @@ def stored_fields(fields: tuple[str, ...]) -> tuple[str, ...]:
     return ("thumbnail", *fields, *(SCALE_FIELDS[name] for name in fields if name in SCALE_FIELDS))
 
 
-def quantize(values: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 codes of ``values`` and (offset, step) per slice, the minimum and range / 255 over ``dims``:
-    each decoded value is within step / 2 of the original."""
-    low = values.amin(dims, keepdim=True)
-    step = (values.amax(dims, keepdim=True) - low) / QUANT_LEVELS
-    step = torch.where(step > 0, step, torch.ones_like(step))
-    codes = ((values - low) / step).round().clamp(0, QUANT_LEVELS).to(torch.uint8)
-    return codes, torch.stack([low, step], dim=1)
-
-
-@dataclass
-class ViewTargets:
-    """One teacher's outputs on a batch of views in the form the cache stores them (module
-    docstring). A field nobody asked for is None."""
-
-    thumbnail: torch.Tensor  # B x 3 x 4 x 4: the input crops, pooled (replay check)
-    argmax: torch.Tensor | None = None  # B x H x W uint8: argmax of the full-resolution logits
-    logits: torch.Tensor | None = None  # B x N x h x w uint8: logits pooled over logit_stride cells
-    logits_scale: torch.Tensor | None = None  # B x 2 x N: (offset, step) per class
-    feature: torch.Tensor | None = None  # B x 256 x cells uint8: decoder feature pooled to each grid
-    feature_scale: torch.Tensor | None = None  # B x 2 x cells: (offset, step) per cell
-    dense_logits: torch.Tensor | None = None  # B x N x H/4 x W/4 fp16: classifier output, not upsampled
-
-    def split(self, sizes: list[int]) -> list[ViewTargets]:
-        parts = {name: value.split(sizes) if value is not None else [None] * len(sizes)
-                 for name, value in vars(self).items()}
-        return [ViewTargets(**{name: part[index] for name, part in parts.items()}) for index in range(len(sizes))]
-
-    def for_losses(self, layout: CacheLayout, grid: int | None) -> DecodedViews:
-        """Class maps as int64, maps decoded to fp32 (the dtypes the losses take), the feature pooled to ``grid``."""
-        logits = feature = None
-        if self.logits is not None:
-            scale = self.logits_scale[..., None, None]
-            logits = self.logits.float() * scale[:, 1] + scale[:, 0]
-        if self.feature is not None:
-            feature = self.feature.float() * self.feature_scale[:, 1:] + self.feature_scale[:, :1]
-            feature = layout.grid_feature(feature, grid)
-        return DecodedViews(
-            argmax=None if self.argmax is None else self.argmax.long(), logits=logits, feature=feature,
-            dense_logits=None if self.dense_logits is None else self.dense_logits.float(),
-        )
-
-
-@dataclass
-class DecodedViews:
-    """A teacher's outputs on a batch of views, decoded for the losses (``ViewTargets.for_losses``)."""
-
-    argmax: torch.Tensor | None  # B x H x W int64
-    logits: torch.Tensor | None  # B x N x h x w, pooled
-    feature: torch.Tensor | None  # B x 256 x G x G, pooled
-    dense_logits: torch.Tensor | None  # B x N x H/4 x W/4
-
-
-def thumbnail(images: torch.Tensor) -> torch.Tensor:
-    return F.adaptive_avg_pool2d(images.float(), THUMBNAIL_SIZE)
-
-
-@torch.no_grad()
-def storage_form(output, classifier: nn.Module | None, images: torch.Tensor, layout: CacheLayout,
-                 fields: tuple[str, ...]) -> ViewTargets:
-    """A model's ``output`` (``SegmentationOutput``) on ``images`` reduced to ``fields`` in storage form."""
-    shapes = layout.fields(images.shape[-1], output.logits.shape[1])
-    values = {"thumbnail": thumbnail(images)}
-    if "argmax" in fields:
-        values["argmax"] = output.logits.argmax(1).to(torch.uint8)
-    if "logits" in fields:
-        pooled = F.adaptive_avg_pool2d(output.logits.float(), shapes["logits"][1][1:])
-        values["logits"], scale = quantize(pooled, (2, 3))
-        values["logits_scale"] = scale.flatten(2)
-    if "feature" in fields:
-        # pooled straight from the full feature, as the region loss pools it: exact on an un-mixed view
-        pooled = torch.cat([F.adaptive_avg_pool2d(output.feature.float(), grid).flatten(2)
-                            for grid in layout.feature_grids], dim=2)
-        values["feature"], scale = quantize(pooled, (1,))
-        values["feature_scale"] = scale.flatten(1, 2)
-    if "dense_logits" in fields:
-        values["dense_logits"] = classifier(output.feature).half()
-    return ViewTargets(**values)
-
-
-@torch.no_grad()
-def reduce_outputs(model: nn.Module, images: torch.Tensor, layout: CacheLayout, fields: tuple[str, ...]) -> ViewTargets:
-    """Run ``model`` on ``images`` and keep ``fields`` in storage form: what ``mgd cache`` writes
-    and what the online path with ``mixed_targets: views`` uses, so both agree to the bit."""
-    return storage_form(model(images), model.classifier, images, layout, fields)
-
-
 # -- the compressed class maps -----------------------------------------------------------------------
 def encode_label_map(label_map: np.ndarray) -> bytes:
     """Lossless: each row XOR the row above (zero where the map repeats), deflated."""
@@ -216,7 +127,10 @@ def encode_label_map(label_map: np.ndarray) -> bytes:
 
 def decode_label_map(record: bytes, shape: tuple[int, int]) -> np.ndarray:
     filtered = np.frombuffer(zlib.decompress(record), dtype=np.uint8).reshape(shape)
-    return np.bitwise_xor.accumulate(filtered, axis=0)
+    if shape[1] % 8:
+        return np.bitwise_xor.accumulate(filtered, axis=0)
+    # XOR is bytewise: 8 columns at a time as uint64 give the same bytes, several times faster
+    return np.bitwise_xor.accumulate(filtered.view(np.uint64), axis=0).view(np.uint8)
 
 
 def weights_hash(path: str | Path, key: str) -> str:
@@ -227,14 +141,9 @@ def weights_hash(path: str | Path, key: str) -> str:
     return sha256_file(path)
 
 
-def preprocessing_of(data_cfg: dict) -> dict:
-    """Everything that decides a view's crop besides its seed: the training transform's settings."""
-    return {"crop_size": data_cfg["crop_size"], "scales": [float(scale) for scale in data_cfg["scales"]],
-            "flip": True, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-
 def library_versions() -> dict:
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    """The versions of the libraries that compute a view (recorded in the manifest)."""
+    return {"torch": version("torch"), "torchvision": version("torchvision")}
 
 
 class CacheStore:
@@ -283,23 +192,11 @@ class CacheStore:
             self.arrays[name] = self._load(self.array_path(name), "r")
         return self.arrays[name]
 
-    def read(self, keys: ViewKeys, images: torch.Tensor, fields: tuple[str, ...], check_replay: bool = True) -> ViewTargets:
-        """The cached ``fields`` of the views ``keys`` on ``images``' device, after checking (with
-        ``check_replay``) that ``images`` are the crops the cache was made on."""
-        if min(keys.views) < 0:
-            raise ValueError("CacheStore.read: a freshly augmented view has no cached outputs")
-        positions = np.array([self.rows[image_id] for image_id in keys.ids]) * self.views + np.array(keys.views)
-        values = {name: torch.from_numpy(value).to(images.device)
-                  for name, value in self.load(positions, stored_fields(fields)).items()}
-        difference = (thumbnail(images) - values["thumbnail"]).abs().flatten(1).amax(1) if check_replay else None
-        if difference is not None and (difference > THUMBNAIL_TOLERANCE).any():
-            index = int((difference > THUMBNAIL_TOLERANCE).nonzero()[0])
-            raise StaleCacheError(
-                f"stale cache: teacher cache {self.folder}: view {keys.views[index]} of image {keys.ids[index]} is "
-                f"not the crop the cache was made on (thumbnails differ by {float(difference[index]):.3g}): the images "
-                f"or the augmentation code changed since `mgd cache` ran (now {library_versions()}); re-run mgd cache"
-            )
-        return ViewTargets(**values)
+    def positions(self, ids: list[str], views: list[int]) -> np.ndarray:
+        """Flat positions (row * K + view) of the replayed views ``views`` of the images ``ids``."""
+        if min(views) < 0:
+            raise ValueError("CacheStore.positions: a freshly augmented view has no cached outputs")
+        return np.array([self.rows[image_id] for image_id in ids]) * self.views + np.array(views)
 
     def load(self, positions: np.ndarray, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
         """``fields`` of the views at flat ``positions`` (row * K + view), decoded to storage form."""
@@ -375,19 +272,20 @@ class CacheStore:
         if not resume:
             self.commit(0)
 
-    def write(self, first: int, targets: ViewTargets, model_path: str) -> None:
-        """Write the views at flat positions ``first, first + 1, ...`` (position = row * K + view)."""
+    def write(self, first: int, values: dict[str, np.ndarray], model_path: str) -> None:
+        """Write the views at flat positions ``first, first + 1, ...`` (position = row * K + view);
+        ``values``: one array per field, in storage form (``ViewTargets.arrays``)."""
         for name, (_, shape) in self.fields.items():
-            value = getattr(targets, name)
-            if value.is_floating_point() and not torch.isfinite(value).all():
+            value = values[name]
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 raise CheckpointError(f"{model_path}: teacher outputs ({name}) are not finite or exceed the fp16 "
                                       "range of the cache")
             if tuple(value.shape[1:]) != shape:
                 raise ValueError(f"cache field {name}: teacher gives {tuple(value.shape[1:])}, the layout expects {shape}")
             if name in PACKED_FIELDS:
-                self._append_records(name, first, value.cpu().numpy())
+                self._append_records(name, first, value)
             else:
-                self.arrays[name].reshape(-1, *shape)[first:first + value.shape[0]] = value.cpu().numpy()
+                self.arrays[name].reshape(-1, *shape)[first:first + value.shape[0]] = value
 
     def _append_records(self, name: str, first: int, maps: np.ndarray) -> None:
         offsets, records = self.arrays[name], self.records[name]
@@ -424,14 +322,15 @@ class TeacherCache:
         self.root = Path(root)
         self.manifest = manifest
         self.views = ViewReplay(**manifest["views"])
-        self.layout = CacheLayout.from_dict(manifest["layout"])
+        self.layout = StorageLayout.from_dict(manifest["layout"])
 
     @classmethod
-    def open(cls, root: str | Path) -> TeacherCache:
+    def open(cls, root: str | Path, key: str = CACHE_KEY) -> TeacherCache:
+        """The cache in folder ``root``, named by config key ``key``."""
         path = Path(root) / MANIFEST_NAME
         if not path.is_file():
-            raise ConfigError(f"config key {CACHE_KEY}: {root} holds no teacher cache (no {MANIFEST_NAME}); "
-                              "write it with `mgd cache --config <this config>`")
+            raise ConfigError(f"config key {key}: {root} holds no teacher cache (no {MANIFEST_NAME}); "
+                              "write it with `mgd cache --config <its cache config>`")
         try:
             manifest = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
@@ -445,22 +344,23 @@ class TeacherCache:
     def ids(self) -> list[str]:
         return self.manifest["ids"]
 
-    def check_run(self, split, data_cfg: dict) -> None:
-        """StaleCacheError unless the run's split and preprocessing are the cache's."""
+    def check_run(self, split_path: str, split_hash: str, preprocessing: dict) -> None:
+        """StaleCacheError unless a run's split (its folder and hash) and preprocessing
+        (``mgd.teachers.targets.preprocessing_of``) are the cache's."""
         cached_split = self.manifest["split"]
-        if cached_split["hash"] != split.hash:
+        if cached_split["hash"] != split_hash:
             raise StaleCacheError(
                 f"stale cache: teacher cache {self.root} was made for split {cached_split['path']} "
-                f"(hash {cached_split['hash'][:12]}), this run uses {data_cfg['split']} (hash {split.hash[:12]}); "
-                f"run mgd cache for this split into another {CACHE_KEY}"
+                f"(hash {cached_split['hash'][:12]}), this run uses {split_path} (hash {split_hash[:12]}); "
+                "run mgd cache for this split into another folder"
             )
-        cached, wanted = self.manifest["preprocessing"], preprocessing_of(data_cfg)
-        for name, value in wanted.items():
+        cached = self.manifest["preprocessing"]
+        for name, value in preprocessing.items():
             if cached.get(name) != value:
                 where = f"data.{name}" if name in ("crop_size", "scales") else f"the training transform's {name}"
                 raise StaleCacheError(
                     f"stale cache: teacher cache {self.root} was made with {name} {cached.get(name)}, this run uses "
-                    f"{value} ({where}); run mgd cache with this config into another {CACHE_KEY}"
+                    f"{value} ({where}); run mgd cache with these settings into another folder"
                 )
 
     def fields(self, num_classes: int) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -494,7 +394,7 @@ class TeacherCache:
         if missing:
             raise StaleCacheError(
                 f"stale cache: teacher cache {self.root} has no {', '.join(sorted(missing))}; write one with "
-                f"`mgd cache --dense-logits` into another {CACHE_KEY} folder"
+                "layout.dense_logits: true into another folder"
             )
         store.verify(entry["files"], stored_fields(fields))
         return store

@@ -1,4 +1,4 @@
-"""``mgd complexity``: parameters and multiply-accumulates of a backbone and of its DeepLabv3+.
+"""Parameters and multiply-accumulates of a backbone and of its DeepLabv3+ (``mgd complexity``).
 
 The paper's "FLOPs" are multiply-accumulates: torch.utils.flop_counter counts a MAC as two
 FLOPs, so GMACs = FLOPs / 2 / 1e9. Models are built on the meta device: shapes and counts
@@ -7,17 +7,12 @@ without allocating or computing anything, so 800x800 ResNet-101 is instant.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mgd.errors import ConfigError
-from mgd.io import write_json_atomic
-from mgd.models import build_model
+from mgd.models.deeplab import build_model
 
 DEFAULT_NUM_CLASSES = 21
 
@@ -56,7 +51,8 @@ def measure_complexity(
     }
 
 
-def format_table(rows: list[dict]) -> str:
+def complexity_table(rows: list[dict]) -> str:
+    """The rows of ``measure_complexity`` as a text table, backbone and DeepLabv3+ on two lines."""
     lines = [f"{'backbone':<18} {'size':>5} {'part':<11} {'params (M)':>10} {'GMACs':>9}"]
     for row in rows:
         for part, prefix in (("backbone", "backbone"), ("DeepLabv3+", "model")):
@@ -65,40 +61,3 @@ def format_table(rows: list[dict]) -> str:
                 f"{row[prefix + '_params_m']:>10.2f} {row[prefix + '_gmacs']:>9.2f}"
             )
     return "\n".join(lines)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backbone",
-        required=True,
-        nargs="+",
-        help="one or more of resnet101_v1c, wide_resnet50_2, resnet18_v1c, mobilenetv2_dilated (the "
-        "paper's), resnet18d, mobilenetv2_100 or a timm model name",
-    )
-    parser.add_argument(
-        "--size", required=True, type=_positive_int, help="side of the square input image in pixels"
-    )
-    parser.add_argument(
-        "--num-classes",
-        type=_positive_int,
-        default=DEFAULT_NUM_CLASSES,
-        help=f"classifier outputs (default {DEFAULT_NUM_CLASSES})",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object per backbone and line, not a table")
-    parser.add_argument("--out-dir", type=Path, help="also write DIR/<backbone>.json for each backbone")
-
-
-def main(args: argparse.Namespace) -> int:
-    # every backbone is measured before anything is written: a bad name leaves no partial set
-    rows = [measure_complexity(backbone, args.size, args.num_classes) for backbone in args.backbone]
-    for row in rows if args.out_dir else ():
-        write_json_atomic(args.out_dir / f"{row['backbone']}.json", row)
-    print("\n".join(json.dumps(row) for row in rows) if args.json else format_table(rows))
-    return 0

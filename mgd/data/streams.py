@@ -13,8 +13,8 @@ each position gets. The same crops can then be served with teacher outputs cache
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,37 +23,25 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 
 from mgd.data.base import SegmentationDataset
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any printable parts (stable across processes and Python versions)."""
-    digest = hashlib.sha256("/".join(str(part) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-@dataclass(frozen=True)
-class ViewReplay:
-    """K fixed augmented views per image, the views a teacher cache holds outputs for."""
-
-    count: int
-    seed: int
-
-    def sample_seed(self, image_id: str, view: int) -> int:
-        # Keyed by image id, not by position in a list, so any split of the same ids agrees.
-        return derive_seed(self.seed, "view", image_id, view)
+from mgd.data.transforms import Padding
+from mgd.errors import STOP_SIGNALS, DatasetError
+from mgd.seeds import ViewReplay, derive_seed
 
 
 class AugmentedViews(Dataset):
     """Dataset indexed by (index, sample_seed, view): loads one sample and augments it with its seed.
 
-    ``view`` is the replayed view index (-1 for a fresh augmentation); it comes back with the
-    sample's id so that cached teacher outputs can be looked up. Unlabeled samples get an all-valid
-    mask (zeros) so that the crop padding comes back as 255, which marks the pixels that are
-    padding rather than image. The crop geometry depends on the seed and the image size only, so a
-    labeled and an unlabeled draw with one seed give the same image crop.
+    A sample is ``image`` (uint8 3xHxW), ``padding`` (bool HxW, True on crop padding), for labeled
+    data ``mask`` (uint8 HxW, 255 = ignore), its ``id`` and ``view`` (the replayed view index, -1 for
+    a fresh augmentation; with the id it looks up cached teacher outputs). Images are normalised on
+    the device (``mgd.data.transforms.images_to_device``). The crop geometry depends on the seed and
+    the image size only, so a labeled and an unlabeled draw with one seed give the same image crop.
     """
 
     def __init__(self, dataset: SegmentationDataset, transform, labeled: bool):
+        if labeled and dataset.num_classes > 255:
+            raise DatasetError(f"{dataset.description}: {dataset.num_classes} classes do not fit the loader's uint8 "
+                              "label maps (at most 255 classes besides the 255 ignore label)")
         self.dataset = dataset
         self.transform = transform
         self.labeled = labeled
@@ -64,17 +52,25 @@ class AugmentedViews(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         index, sample_seed, view = key
         if self.labeled:
-            image, mask = self.dataset.load(index)
+            # labels are < 256 (class indices and the 255 ignore label): uint8 resizes and copies fastest
+            image, mask = self.dataset.load(index, label_dtype=np.uint8)
+            inputs = [tv_tensors.Mask(torch.from_numpy(mask))]
         else:
-            image = self.dataset.load_image(index)
-            mask = np.zeros(image.shape[:2], dtype=np.int64)
-        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-        mask = tv_tensors.Mask(torch.from_numpy(mask))
+            image, inputs = self.dataset.load_image(index), []
+        # PIL's HxWx3 viewed as 3xHxW (channels-last in memory): the fast layout of the uint8 resize
+        inputs = [tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), *inputs,
+                  # all False: one value viewed at the image size (RandomDiscreteScale does the same)
+                  Padding(torch.zeros((), dtype=torch.bool).expand(image.shape[:2]))]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            image, mask = self.transform(image, mask)
-        return {"image": image.as_subclass(torch.Tensor), "mask": mask.as_subclass(torch.Tensor).long(),
-                "id": self.dataset.samples[index].id, "view": view}
+            # the transforms draw from the CPU generator only; torch.manual_seed would also queue
+            # lazy seeds for every accelerator backend, about 1 ms per sample
+            torch.default_generator.manual_seed(sample_seed)
+            outputs = self.transform(*inputs)
+        sample = {"image": outputs[0].as_subclass(torch.Tensor),
+                  "padding": outputs[-1].as_subclass(torch.Tensor), "id": self.dataset.samples[index].id, "view": view}
+        if self.labeled:
+            sample["mask"] = outputs[1].as_subclass(torch.Tensor)
+        return sample
 
 
 class SeededBatchStream(Sampler):
@@ -126,6 +122,13 @@ class SeededBatchStream(Sampler):
             iteration += 1
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """In a loader worker: SIGTERM/SIGUSR1 (SLURM signals every process of a job) are the main
+    process's to handle (``mgd.train.stop``); a worker killed by one would fail the step in flight."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def stream_loader(dataset: SegmentationDataset, transform, labeled: bool, global_batch: int, seed: int,
                   stream: str, start_iteration: int, rank: int, world_size: int, num_workers: int,
                   pin_memory: bool, replay: ViewReplay | None = None) -> DataLoader:
@@ -137,6 +140,7 @@ def stream_loader(dataset: SegmentationDataset, transform, labeled: bool, global
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
         # Worker base seeds come from this generator, not the global RNG, so creating the loaders
         # on resume leaves the restored global RNG (dropout) exactly where it was.
         generator=torch.Generator().manual_seed(derive_seed(seed, stream, "workers")),
@@ -153,7 +157,7 @@ class ViewKeys:
 
 @dataclass
 class UnlabeledView:
-    image: torch.Tensor  # B x 3 x H x W, normalised
+    image: torch.Tensor  # B x 3 x H x W, normalised (0 on crop padding)
     valid: torch.Tensor  # B x H x W bool, False on crop padding
     keys: ViewKeys | None = None
 
@@ -168,6 +172,8 @@ class TrainBatch:
     unlabeled: list[UnlabeledView]
     cutmix_mask: torch.Tensor | None
     labeled_keys: ViewKeys | None = None
+    # the CutMix image, built once per batch: the student and each online teacher read it
+    _mixed: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_images(self) -> int:
@@ -207,8 +213,10 @@ class TrainBatch:
         return groups
 
     def mixed_image(self) -> torch.Tensor:
-        first, second = self.unlabeled
-        return self.mix_maps(first.image, second.image)
+        if self._mixed is None:
+            first, second = self.unlabeled
+            self._mixed = self.mix_maps(first.image, second.image)
+        return self._mixed
 
     def mix_labels(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """CutMix two B x H x W label maps of the unlabeled views (padding -> 255)."""

@@ -1,4 +1,5 @@
-"""``mgd import-weights``: an official MGD-SSSS / TorchSemiSeg checkpoint -> an mgd model file.
+"""``mgd import-weights``: an official MGD-SSSS / TorchSemiSeg checkpoint -> an mgd model file
+(mgd.models.official).
 
 The architecture (ResNet-18/101 v1c, WRN-50-2, dilated MobileNetV2) and the class count are
 detected from the keys and shapes; ``--backbone``/``--num-classes`` only check them.
@@ -28,10 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     classes = None
     if args.dataset_config is not None:
-        from mgd.data import build_dataset
-        from mgd.evaluate import load_dataset_config
+        from mgd.data import build_dataset, read_dataset_config
 
-        classes = build_dataset(load_dataset_config(args.dataset_config), split="val").classes
+        config = read_dataset_config(args.dataset_config, allow_train_config=True)
+        classes = build_dataset(config, split="val").classes
     report = import_checkpoint(
         args.source, args.destination, branch=args.branch, backbone=args.backbone,
         num_classes=args.num_classes, classes=classes,

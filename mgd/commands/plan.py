@@ -5,26 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 
-from mgd.plan.config import DEFAULT_CONFIGFILE, load_workflow_config
-from mgd.plan.plan import Plan, build_plan
+from mgd.plan import DEFAULT_CONFIGFILE, Plan, Run, build_plan, load_workflow_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configfile", nargs="+", metavar="FILE",
                         help=f"workflow config file(s), replacing {DEFAULT_CONFIGFILE} (as in snakemake)")
     parser.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides with snakemake --config semantics (value parsed as YAML)")
+                        help="overrides, parsed by snakemake's own --config parser (value as YAML)")
     parser.add_argument("--json", action="store_true",
                         help='print {"runs": [...]} with each run\'s full, validated train config (null for a '
                              'teacher imported from the checkpoint its "source" names)')
 
 
-def run_record(run) -> dict:
+def run_record(run: Run) -> dict:
     return {
         "id": run.id, "dataset": run.dataset, "protocol": run.protocol, "partition": run.partition,
         "slug": run.slug, "role": run.role, "method": run.method, "backbone": run.backbone, "seed": run.seed,
         "ablation": run.ablation, "teachers": [ref.run for ref in run.teachers],
-        "source": run.source, "branch": run.branch, "train_config": run.train_config or None,
+        "source": run.source, "branch": run.branch, "train_config": run.train_config,
     }
 
 
@@ -51,7 +50,7 @@ def plan_table(plan: Plan) -> str:
     imported = sum(run.imported for run in plan.runs.values())
     teacher_count = f"{teachers} teachers" + (f", {imported} imported" if imported else "")
     lines.append(f"{len(plan.runs)} runs ({teacher_count}, {len(plan.runs) - teachers} students), "
-                 f"{len(plan.tables)} tables, {len(plan.figure_paths())} figures")
+                 f"{len(plan.tables)} tables, {len(plan.figure_paths()) + bool(plan.zoo_figure())} figures")
     return "\n".join(lines)
 
 

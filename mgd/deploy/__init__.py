@@ -1,0 +1,1 @@
+"""Deploying a trained model: `mgd export` (TorchScript / ONNX) and `mgd latency` (measured inference latency)."""

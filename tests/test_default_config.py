@@ -43,7 +43,7 @@ def test_grid_config_keeps_the_full_grid():
     plan = plan_of("grid.yaml")
     roles = [run.role for run in plan.runs.values()]
     assert (roles.count("teacher"), roles.count("student")) == (28, 150)
-    counts = {name: len({path for row in spec["rows"] for path in row["cells"].values()})
+    counts = {name: len({path for row in spec["rows"] for cell in row["cells"].values() for path in cell})
               for name, spec in plan.tables.items()}
     assert counts == {"table1": 64, "table2": 24, "table3": 64, "table4": 10, "table5a": 12, "table5b": 4,
                       "table6": 5}

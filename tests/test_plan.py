@@ -35,7 +35,7 @@ def config(name: str = "smoke.yaml", **top_level) -> dict:
 
 def runs_of(plan, table: str) -> set[str]:
     """The metrics files a table reads, one per distinct run."""
-    return {path for row in plan.tables[table]["rows"] for path in row["cells"].values()}
+    return {path for row in plan.tables[table]["rows"] for cell in row["cells"].values() for path in cell}
 
 
 def test_import_is_torch_free():
@@ -51,13 +51,14 @@ def test_smoke_plan_trains_each_shared_run_once():
     # Teachers: T_D and T_W at synA 1/4, synA count 4 and synB 1/4, plus Table 4's second T_D / T_W
     # (seed + 1) at the ablation partition of both datasets.
     assert roles.count("teacher") == 2 * 3 + 2 * 2
-    # Students: Tables 1 and 3 (7 methods x 2 backbones each), Table 2 (4 methods), per ablation
+    # Students: Tables 1 and 3 (7 methods x 2 backbones each), Table 2 (4 methods x seeds 0 and 1, one
+    # teacher pair shared by both seeds), per ablation
     # dataset 4 (Table 4) + 4 (Table 5a) + 1 (Table 5b) extra runs, and one extra Table 6 grid (3x3;
     # the 7x7 row, Table 4's T_D+T_W row and Table 5's full rows are Table 1's MGD ResNet-18 run,
     # Table 5a's L_sup row is Table 1's Sup run).
-    assert roles.count("student") == 14 + 14 + 4 + 2 * 9 + 1
+    assert roles.count("student") == 14 + 14 + 2 * 4 + 2 * 9 + 1
     counts = {name: len(runs_of(plan, name)) for name in plan.tables}
-    assert counts == {"table1": 16, "table2": 6, "table3": 16, "table4": 10, "table5a": 12, "table5b": 4, "table6": 2}
+    assert counts == {"table1": 16, "table2": 10, "table3": 16, "table4": 10, "table5a": 12, "table5b": 4, "table6": 2}
     table1 = {row["keys"]["method"]: row["cells"]["1/4"] for row in plan.tables["table1"]["rows"]
               if row["backbone"] == "resnet18d"}
     table4 = {tuple(row["keys"].values()): row["cells"]["Synthetic-A"] for row in plan.tables["table4"]["rows"]}
@@ -72,7 +73,7 @@ def test_every_cell_and_input_is_a_planned_run(overrides):
     metrics = {plan.paths.metrics(*key): run for key, run in plan.runs.items()}
     for spec in plan.tables.values():
         for row in spec["rows"]:
-            for path in row["cells"].values():
+            for path in (path for cell in row["cells"].values() for path in cell):
                 assert metrics[path].backbone == row["backbone"]
                 assert metrics[path].method == row["method"] or (spec["name"], row["paper"]) == ("table5a", "sup")
     models = {plan.paths.model(*key) for key in plan.runs}
@@ -83,7 +84,8 @@ def test_every_cell_and_input_is_a_planned_run(overrides):
         assert [entry["model"] for entry in run.train_config["method"].get("teachers", [])] == inputs["teachers"]
         assert validate_config(run.train_config) == run.train_config  # validated, defaults filled
         assert run.train_config["output_dir"] == plan.paths.run_dir(*run.key)
-    cited = {path for spec in plan.tables.values() for row in spec["rows"] for path in row["cells"].values()}
+    cited = {path for spec in plan.tables.values() for row in spec["rows"] for cell in row["cells"].values()
+             for path in cell}
     teachers = {plan.paths.metrics(*run.partition_key, ref.run) for run in plan.runs.values() for ref in run.teachers}
     assert set(metrics) == cited | teachers  # nothing planned that no table needs
 
@@ -528,12 +530,12 @@ def test_check_configfile_names_a_file_that_is_no_workflow_config(tmp_path):
     from mgd.plan.config import check_configfile
 
     config = tmp_path / "mine.yaml"
-    config.write_text("seed: 3\nstudent_methods: [sup]\n")
-    assert check_configfile(config) == {"seed": 3, "student_methods": ["sup"]}
+    config.write_text("seeds: [3]\nstudent_methods: [sup]\n")
+    assert check_configfile(config) == {"seeds": [3], "student_methods": ["sup"]}
     train_config = tmp_path / "config.yaml"  # a run's `mgd train` config, not a workflow config
     train_config.write_text("seed: 0\nmodel: {backbone: resnet18d}\ndata: {}\n")
     with pytest.raises(ConfigError, match=r"--configfile .*config.yaml is not a workflow config \(its keys data, "
-                                          r"model are no workflow settings\)"):
+                                          r"model, seed are no workflow settings\)"):
         check_configfile(train_config)
     with pytest.raises(ConfigError, match="does not exist"):
         check_configfile(tmp_path / "missing.yaml")
@@ -584,7 +586,8 @@ def test_per_class_tables_confusion_and_curve_figures_are_planned():
     new = [f"{results}/table1_classes.csv", f"{results}/table3_classes.csv", f"{results}/table1_confusion.png",
            f"{results}/table3_confusion.png", *(f"{results}/{name}_curves.png" for name in plan.tables)]
     assert plan.report_paths() == new and set(new) <= set(plan.final_targets())
-    assert plan.class_table_inputs("table1") == [row["cells"]["1/8"] for row in plan.tables["table1"]["rows"]]
+    assert plan.class_table_inputs("table1") == [path for row in plan.tables["table1"]["rows"]
+                                                 for path in row["cells"]["1/8"]]
     assert plan.confusion_inputs("table3") == [plan.paths.metrics("synB", "ratio", "1-8", f"{method}_resnet18d")
                                                for method in ("sup", "mgd")]
     assert shlex.split(plan.confusion_options("table1")) == ["--partition", "1/8", "--backbone", "resnet18d",

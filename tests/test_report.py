@@ -98,7 +98,9 @@ def test_table_values_complexity_and_sources(partition_spec, tmp_path):
     out, sources = tmp_path / "table1.csv", tmp_path / "table1.sources.csv"
     write_table(partition_spec, out, sources)
     table = pd.read_csv(out)
-    assert list(table.columns) == ["method", "backbone", "params_m", "gmacs", "latency_ms", "1/16", "1/8"]
+    assert list(table.columns) == ["method", "backbone", "params_m", "gmacs", "latency_ms", "1/16", "1/8",
+                                   "1/16 std", "1/16 n", "1/16 seeds", "1/8 std", "1/8 n", "1/8 seeds"]
+    assert table["1/16 n"].tolist() == [1, 1, 1, 1] and table["1/16 std"].isna().all()  # one seed: no spread
     assert table["method"].tolist() == ["CPS (T_D)", "CPS (T_W)", "Sup", "MGD"]
     assert table.loc[0, "1/16"] == pytest.approx(70.0)
     assert table.loc[2, "1/8"] == pytest.approx(50.0)

@@ -122,7 +122,7 @@ def test_zoo_table_and_pareto_figure_from_metrics_complexity_and_latency(tmp_pat
     miou = {}
     for index, row in enumerate(spec["rows"]):
         miou[(row["backbone"], row["method"])] = 0.2 + 0.01 * index
-        write_json(row["cells"]["mIoU"], {"miou": 0.2 + 0.01 * index})
+        write_json(row["cells"]["mIoU"][0], {"miou": 0.2 + 0.01 * index})
     for index, backbone in enumerate(ZOO_BACKBONES):
         write_json(plan.paths.complexity("synA", backbone),
                    {"backbone_params_m": 1.0 + index, "backbone_gmacs": 0.1, "model_params_m": 3.0 + index,
@@ -135,7 +135,8 @@ def test_zoo_table_and_pareto_figure_from_metrics_complexity_and_latency(tmp_pat
     spec_path.write_text(json.dumps(spec))
     assert mgd_main(["report", "table", "--spec", str(spec_path), "--out", str(csv), "--sources", str(sources)]) == 0
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["backbone", "method", "params_m", "gmacs", "latency_ms", "mIoU"]
+    assert list(table.columns) == ["backbone", "method", "params_m", "gmacs", "latency_ms", "mIoU",
+                                   "mIoU std", "mIoU n", "mIoU seeds"]
     assert len(table) == 10 and list(table["method"][:2]) == ["Sup", "MGD"]
     efficientnet = table[table["backbone"] == "efficientnet_b0"].set_index("method")
     # the whole DeepLabv3+'s params and GMACs (not the backbone's), the latency's median

@@ -27,7 +27,7 @@ from mgd.commands._inference_args import add_inference_arguments, inference_opti
 from mgd.errors import ConfigError
 from mgd.io import refuse_overwriting_inputs
 from mgd.overlays import DEFAULT_ALPHA
-from mgd.report.inputs import load_spec, read_spec_table
+from mgd.report.inputs import cell_paths, load_spec, read_spec_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,12 +166,17 @@ def _parse_models(entries: list[str]) -> list[tuple[str, str]]:
     return _parse_labeled(entries, "--model")
 
 
+def cell_files(row: dict) -> list[str]:
+    """The metrics files of a spec row's cells, every seed's."""
+    return [path for cell in row["cells"].values() for path in cell_paths(cell)]
+
+
 def command_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """Every file a report subcommand reads, by option (for refusing to write over one)."""
     if args.action == "table":
         spec = load_spec(args.spec)
-        read = [path for row in spec["rows"] for path in (*row["cells"].values(), row.get("complexity"), row.get("latency"))
-                if path]
+        read = [path for row in spec["rows"]
+                for path in (*cell_files(row), row.get("complexity"), row.get("latency")) if path]
         return {"--spec": args.spec, "a file --spec names": read}
     if args.action == "markdown":
         return {"--spec": args.spec, "--csv": args.csv, "--paper": args.paper,
@@ -183,7 +188,7 @@ def command_inputs(args: argparse.Namespace) -> dict[str, Any]:
         return {"--spec": args.spec, "--csv": args.csv}
     if args.action in ("classes", "confusion"):
         spec = load_spec(args.spec)
-        return {"--spec": args.spec, "a file --spec names": [path for row in spec["rows"] for path in row["cells"].values()]}
+        return {"--spec": args.spec, "a file --spec names": [path for row in spec["rows"] for path in cell_files(row)]}
     if args.action == "curves":
         return {"--log": [path for _, path in _parse_labeled(args.log, "--log")]}
     return {"--dataset-config": args.dataset_config, "--model": [path for _, path in _parse_models(args.model)]}

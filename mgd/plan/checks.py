@@ -102,6 +102,27 @@ def check_tables(config: dict) -> None:
             check_student(config, ds, ablations["backbone"], "tables.ablations.backbone")
 
 
+def check_seeds(config: dict) -> None:
+    """Several teacher seeds: each table's student seeds are teacher seeds, and the teachers are
+    online (a teacher cache holds one teacher per role of a partition)."""
+    teacher_seeds = config["teacher_seeds"]
+    if len(teacher_seeds) == 1:
+        return
+    if config["teacher_source"] == "cache":
+        raise ConfigError(f"config key teacher_seeds: {teacher_seeds} trains each teacher once per seed, which "
+                          "needs teacher_source: online (a teacher cache holds one teacher per role and partition)")
+    for name, table in config["tables"].items():
+        if name == "figures":
+            continue
+        key = f"tables.{name}.seeds" if table.get("seeds") else "seeds"
+        for seed in table.get("seeds") or config["seeds"]:
+            if seed not in teacher_seeds:
+                raise ConfigError(f"config key {key}: seed {seed} (tables.{name}) is not one of teacher_seeds "
+                                  f"{teacher_seeds}: with several teacher seeds, the students of seed s distil "
+                                  "from the teachers of seed s")
+
+
 def check_references(config: dict) -> None:
     check_datasets(config)
     check_tables(config)
+    check_seeds(config)

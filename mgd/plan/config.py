@@ -72,6 +72,9 @@ def resolve_data_roots(config: dict) -> None:
 def validate_workflow_config(config: dict) -> dict:
     """A copy of ``config`` checked against the workflow schema, defaults filled and dataset roots
     resolved; ConfigError names the first bad key. Cross-references are checked by build_plan."""
+    if "seed" in config:
+        raise ConfigError("config key seed: the workflow's training seeds are lists now: seeds (the students', "
+                          "e.g. seeds: [0, 1, 2]) and teacher_seeds (the teachers', default [0])")
     validated = schemas.validate(config, "workflow")
     resolve_data_roots(validated)
     return validated

@@ -5,7 +5,8 @@ the second step (mgd/plan/tables.py) looks every table cell and figure model up 
 from __future__ import annotations
 
 from mgd.plan.partitions import partition_slug, partitions
-from mgd.plan.runs import MAIN_TEACHERS, Run, RunKey, dataset_method_params, student_runs, teacher_run
+from mgd.plan.runs import (MAIN_TEACHERS, Run, RunKey, dataset_method_params, student_runs, teacher_run,
+                           teacher_seed_of)
 
 #: the partition tables: the two teachers and every method x student backbone, one column per partition
 PARTITION_TABLES = ("table1", "table2", "table3")
@@ -36,6 +37,17 @@ def rows_of(config: dict, name: str) -> tuple[list[str], list[str]]:
     """(methods, backbones) of partition table ``name``: its own, else the student_* lists."""
     table = config["tables"].get(name, {})
     return table.get("methods") or config["student_methods"], table.get("backbones") or config["student_backbones"]
+
+
+def table_seeds(config: dict, name: str) -> list[int]:
+    """The student seeds of table ``name`` (table1-3, ``ablations`` for Tables 4-6, ``zoo``): its
+    own ``seeds``, else the top-level ``seeds``."""
+    return list(config["tables"].get(name, {}).get("seeds") or config["seeds"])
+
+
+def table_teacher_seeds(config: dict, name: str) -> list[int]:
+    """The teacher seeds the students of table ``name`` distil from, in seed order, each once."""
+    return list(dict.fromkeys(teacher_seed_of(config, seed) for seed in table_seeds(config, name)))
 
 
 def variant_student(variant: str | None) -> tuple[str, str | None, dict, tuple[tuple[str, int], ...]]:
@@ -122,19 +134,21 @@ def figure_setting(config: dict) -> dict | None:
     methods, _ = rows_of(config, table)
     return {"table": table, "dataset": ds, "protocol": proto, "slug": slug,
             "backbone": figures["backbone"] or config["student_backbones"][0],
-            "methods": [method for method in ("sup", "cps", "mgd") if method in methods]}
+            "methods": [method for method in ("sup", "cps", "mgd") if method in methods],
+            # Figure 4 shows one model per method: the table's first seed's
+            "seed": table_seeds(config, table)[0]}
 
 
 def zoo_setting(config: dict) -> dict | None:
-    """The student zoo (``tables.zoo``): dataset, protocol, partition slug, backbones and methods;
-    None without one."""
+    """The student zoo (``tables.zoo``): dataset, protocol, partition slug, backbones, methods and
+    seeds; None without one."""
     zoo = config["tables"].get("zoo")
     if not zoo:
         return None
     ds, proto = zoo["dataset"], zoo["protocol"]
     return {"dataset": ds, "protocol": proto, "partition": zoo["partition"],
             "slug": partition_slug(config, ds, proto, zoo["partition"], "tables.zoo.partition"),
-            "backbones": list(zoo["backbones"]), "methods": list(zoo["methods"])}
+            "backbones": list(zoo["backbones"]), "methods": list(zoo["methods"]), "seeds": table_seeds(config, "zoo")}
 
 
 def planned_runs(config: dict) -> dict[RunKey, Run]:
@@ -154,27 +168,32 @@ def planned_runs(config: dict) -> dict[RunKey, Run]:
         slugs = partitions(config, ds, proto).values()
         methods, backbones = rows_of(config, name)
         for role in ("TD", "TW"):
-            add([teacher_run(config, ds, proto, slug, role) for slug in slugs])
+            add([teacher_run(config, ds, proto, slug, role, teacher_seed=teacher_seed)
+                 for teacher_seed in table_teacher_seeds(config, name) for slug in slugs])
         for backbone in backbones:
             for method in methods:
                 for slug in slugs:
-                    add(student_runs(config, ds, proto, slug, method, backbone))
+                    for seed in table_seeds(config, name):
+                        add(student_runs(config, ds, proto, slug, method, backbone, seed=seed))
     for datasets, rows in ablation_rows(config).values():
         ablations = tables["ablations"]
         for _, variant, _ in rows:
             method, ablation, params, teachers = variant_student(variant)
             for ds in datasets:
-                add(student_runs(config, ds, ablations["protocol"], ablation_slug(config, ds), method,
-                                 ablations["backbone"], ablation, params, teachers))
+                for seed in table_seeds(config, "ablations"):
+                    add(student_runs(config, ds, ablations["protocol"], ablation_slug(config, ds), method,
+                                     ablations["backbone"], ablation, params, teachers, seed))
     zoo = zoo_setting(config)
     if zoo:
         # every student distils from the partition's one teacher pair (one cache with teacher_source: cache)
         for backbone in zoo["backbones"]:
             for method in zoo["methods"]:
-                add(student_runs(config, zoo["dataset"], zoo["protocol"], zoo["slug"], method, backbone))
+                for seed in zoo["seeds"]:
+                    add(student_runs(config, zoo["dataset"], zoo["protocol"], zoo["slug"], method, backbone,
+                                     seed=seed))
     figures = figure_setting(config)
     if figures:
         for method in figures["methods"]:
             add(student_runs(config, figures["dataset"], figures["protocol"], figures["slug"], method,
-                             figures["backbone"]))
+                             figures["backbone"], seed=figures["seed"]))
     return runs

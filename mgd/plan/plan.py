@@ -174,7 +174,7 @@ class Plan:
     def table_inputs(self, name: str) -> list[str]:
         """The metrics.json of every cell of table ``name``, then its complexity and latency files."""
         spec = self.tables[name]
-        files = [path for row in spec["rows"] for path in row["cells"].values()]
+        files = [path for row in spec["rows"] for cell in row["cells"].values() for path in cell]
         return (files + sorted({row["complexity"] for row in spec["rows"] if row.get("complexity")})
                 + self.table_latency_files(name))
 
@@ -251,16 +251,16 @@ class Plan:
         return f"{self.paths.results}/{name}_classes.csv"
 
     def class_table_inputs(self, name: str) -> list[str]:
-        """The metrics.json of every row of table ``name`` at its per-class table's partition."""
+        """The metrics.json of every row of table ``name`` (every seed) at its per-class table's partition."""
         partition = self.class_tables[name]["partition"]
-        return [row["cells"][partition] for row in self.tables[name]["rows"] if partition in row["cells"]]
+        return [path for row in self.tables[name]["rows"] for path in row["cells"].get(partition, [])]
 
     def confusion_inputs(self, name: str) -> list[str]:
         """The metrics.json of the students of table ``name``'s confusion figure."""
         setting = self.class_tables[name]
-        return [row["cells"][setting["partition"]] for row in self.tables[name]["rows"]
+        return [path for row in self.tables[name]["rows"]
                 if row["role"] == "student" and row["backbone"] == setting["backbone"]
-                and row["keys"]["method"] in setting["methods"]]
+                and row["keys"]["method"] in setting["methods"] for path in row["cells"][setting["partition"]]]
 
     def confusion_tables(self) -> list[str]:
         """The per-class tables with a confusion figure (those with a Sup or MGD student)."""

@@ -93,27 +93,36 @@ def dataset_method_params(config: dict, ds: str, method: str) -> dict:
                           **config["datasets"][ds].get("method_params", {}).get(method, {})})
 
 
-def teacher_ref(role: str, copy_index: int = 0) -> TeacherRef:
-    """Teacher ``role`` (TD/TW); copy 1 is Table 4's second same-architecture teacher."""
-    return TeacherRef(f"teacher_{role}" + (f"_seed{copy_index}" if copy_index else ""),
+def seed_suffix(seed: int) -> str:
+    """The run-id suffix of a training seed: none for seed 0 (so one-seed plans keep their run
+    folders), ``_s<seed>`` otherwise."""
+    return f"_s{seed}" if seed else ""
+
+
+def teacher_ref(role: str, copy_index: int = 0, teacher_seed: int = 0) -> TeacherRef:
+    """Teacher ``role`` (TD/TW) of teacher seed ``teacher_seed``; copy 1 is Table 4's second
+    same-architecture teacher."""
+    return TeacherRef(f"teacher_{role}" + (f"_seed{copy_index}" if copy_index else "") + seed_suffix(teacher_seed),
                       role + (str(copy_index + 1) if copy_index else ""))
 
 
-def student_id(method: str, backbone: str, ablation: str | None = None) -> str:
-    return f"{method}_{backbone}" + (f"_{ablation}" if ablation else "")
+def student_id(method: str, backbone: str, ablation: str | None = None, seed: int = 0) -> str:
+    return f"{method}_{backbone}" + (f"_{ablation}" if ablation else "") + seed_suffix(seed)
 
 
 def teacher_run(config: dict, ds: str, proto: str, slug: str, role: str, copy_index: int = 0,
-                ablation: str | None = None) -> Run:
-    """The teacher ``role`` (TD/TW), trained by its schedule's method (CPS unless set); copy 1 is
-    trained with seed + 1 (``ablation``: the variant asking for it). Copy 0 at a partition listed
-    in the teacher's ``checkpoints`` is imported from that official checkpoint instead of trained."""
+                ablation: str | None = None, teacher_seed: int = 0) -> Run:
+    """The teacher ``role`` (TD/TW) of ``teacher_seed``, trained by its schedule's method (CPS
+    unless set); copy 1 is trained with seed + 1 (``ablation``: the variant asking for it). Copy 0
+    at a partition listed in the teacher's ``checkpoints`` is imported from that official
+    checkpoint instead of trained (one file: every teacher seed imports it)."""
     sched = config["datasets"][ds]["teachers"][role]
     partition = partition_of_slug(config, ds, proto, slug)
     source = None if copy_index else sched["checkpoints"].get(partition)
     return Run(
-        dataset=ds, protocol=proto, slug=slug, partition=partition, id=teacher_ref(role, copy_index).run,
-        role="teacher", method=sched["method"], backbone=sched["backbone"], seed=config["seed"] + copy_index,
+        dataset=ds, protocol=proto, slug=slug, partition=partition,
+        id=teacher_ref(role, copy_index, teacher_seed).run, role="teacher", method=sched["method"],
+        backbone=sched["backbone"], seed=teacher_seed + copy_index,
         ablation=ablation if copy_index else None, optim={} if source else schedule(config, sched, partition),
         pretrained=sched["pretrained"], params=dataset_method_params(config, ds, sched["method"]),
         batch=batches(config, ds, sched), source=source, branch=sched["checkpoint_branch"] if source else None,
@@ -122,22 +131,37 @@ def teacher_run(config: dict, ds: str, proto: str, slug: str, role: str, copy_in
 
 def student_runs(config: dict, ds: str, proto: str, slug: str, method: str, backbone: str,
                  ablation: str | None = None, params: dict | None = None,
-                 teachers: tuple[tuple[str, int], ...] = MAIN_TEACHERS) -> list[Run]:
-    """A student run, ``method`` on ``backbone``, after the teacher runs it distills from;
-    ``ablation`` names a variant whose extra method ``params`` (and teacher list) differ from the
-    main run."""
+                 teachers: tuple[tuple[str, int], ...] = MAIN_TEACHERS, seed: int = 0) -> list[Run]:
+    """A student run, ``method`` on ``backbone`` trained with ``seed``, after the teacher runs it
+    distills from (those of ``teacher_seed_of(config, seed)``); ``ablation`` names a variant whose
+    extra method ``params`` (and teacher list) differ from the main run."""
     sched = config["datasets"][ds]["students"][backbone]
     partition = partition_of_slug(config, ds, proto, slug)
     merged = {**dataset_method_params(config, ds, method), **sched["method_params"].get(method, {}),
               **copy.deepcopy(params or {})}
     pairs = teachers if method in TEACHER_METHODS else ()
+    teacher_seed = teacher_seed_of(config, seed)
     student = Run(
-        dataset=ds, protocol=proto, slug=slug, partition=partition, id=student_id(method, backbone, ablation),
-        role="student", method=method, backbone=backbone, seed=config["seed"], ablation=ablation,
+        dataset=ds, protocol=proto, slug=slug, partition=partition, id=student_id(method, backbone, ablation, seed),
+        role="student", method=method, backbone=backbone, seed=seed, ablation=ablation,
         optim=schedule(config, sched, partition), pretrained=sched["pretrained"], params=merged,
-        teachers=tuple(teacher_ref(role, index) for role, index in pairs), batch=batches(config, ds, sched),
+        teachers=tuple(teacher_ref(role, index, teacher_seed) for role, index in pairs),
+        batch=batches(config, ds, sched),
     )
-    return [*(teacher_run(config, ds, proto, slug, role, index, ablation) for role, index in pairs), student]
+    return [*(teacher_run(config, ds, proto, slug, role, index, ablation, teacher_seed) for role, index in pairs),
+            student]
+
+
+def teacher_seed_of(config: dict, seed: int) -> int:
+    """The teacher seed a student of ``seed`` distils from: the one teacher seed, else the same
+    seed (which plan checks require to be a teacher seed)."""
+    teacher_seeds = config["teacher_seeds"]
+    if len(teacher_seeds) == 1:
+        return teacher_seeds[0]
+    if seed not in teacher_seeds:
+        raise ConfigError(f"config key teacher_seeds: {teacher_seeds} has no seed {seed} for the students of seed "
+                          f"{seed} (with several teacher seeds, every student seed must be one of them)")
+    return seed
 
 
 # -- train configs -----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ tables, confusion figures and training curves are read from the same specs' runs
 from __future__ import annotations
 
 from mgd.plan.experiments import (PARTITION_TABLES, AblationRow, ablation_rows, ablation_slug, figure_setting,
-                                  rows_of, variant_student, zoo_setting)
+                                  rows_of, table_seeds, table_teacher_seeds, variant_student, zoo_setting)
 from mgd.plan.partitions import partition_of_slug, partitions
 from mgd.plan.paths import Paths
 from mgd.plan.runs import Run, RunKey, planned_run, student_id, teacher_ref
@@ -26,8 +26,13 @@ PARTITION_TITLES = {
 
 
 def metrics_of(paths: Paths, runs: dict[RunKey, Run], key: RunKey) -> str:
-    """A table cell: the metrics file of planned run ``key``."""
+    """The metrics file of planned run ``key``."""
     return paths.metrics(*planned_run(runs, key).key)
+
+
+def seed_cell(paths: Paths, runs: dict[RunKey, Run], partition_key: tuple[str, str, str], run_ids: list[str]) -> list[str]:
+    """A table cell: the metrics files of its runs, one per seed (the report shows their mean ± std)."""
+    return [metrics_of(paths, runs, (*partition_key, run)) for run in run_ids]
 
 
 def model_of(paths: Paths, runs: dict[RunKey, Run], key: RunKey) -> str:
@@ -47,6 +52,7 @@ def partition_table(config: dict, paths: Paths, runs: dict[RunKey, Run], name: s
     ds, proto = config["tables"][name]["dataset"], config["tables"][name]["protocol"]
     slugs = partitions(config, ds, proto)
     methods, backbones = rows_of(config, name)
+    seeds, teacher_seeds = table_seeds(config, name), table_teacher_seeds(config, name)
     rows = []
     for role in ("TD", "TW"):
         backbone = config["datasets"][ds]["teachers"][role]["backbone"]
@@ -55,7 +61,8 @@ def partition_table(config: dict, paths: Paths, runs: dict[RunKey, Run], name: s
             "keys": {"method": f"{METHOD_LABELS[method]} ({TEACHER_ROLES[role]})", "backbone": backbone},
             "role": "teacher", "method": method, "backbone": backbone,
             "complexity": paths.complexity(ds, backbone), "latency": paths.latency(ds, backbone),
-            "cells": {partition: metrics_of(paths, runs, (ds, proto, slug, teacher_ref(role).run))
+            "cells": {partition: seed_cell(paths, runs, (ds, proto, slug),
+                                           [teacher_ref(role, teacher_seed=seed).run for seed in teacher_seeds])
                       for partition, slug in slugs.items()},
             "paper": f"{METHOD_LABELS[method]}|{TEACHER_ROLES[role]}",
         })
@@ -65,7 +72,8 @@ def partition_table(config: dict, paths: Paths, runs: dict[RunKey, Run], name: s
                 "keys": {"method": METHOD_LABELS[method], "backbone": backbone},
                 "role": "student", "method": method, "backbone": backbone,
                 "complexity": paths.complexity(ds, backbone), "latency": paths.latency(ds, backbone),
-                "cells": {partition: metrics_of(paths, runs, (ds, proto, slug, student_id(method, backbone)))
+                "cells": {partition: seed_cell(paths, runs, (ds, proto, slug),
+                                               [student_id(method, backbone, seed=seed) for seed in seeds])
                           for partition, slug in slugs.items()},
                 "paper": f"{METHOD_LABELS[method]}|{PAPER_BACKBONE_NAMES.get(backbone, backbone)}",
             })
@@ -96,13 +104,14 @@ def ablation_table(config: dict, paths: Paths, runs: dict[RunKey, Run], name: st
     ablations = config["tables"]["ablations"]
     proto, backbone = ablations["protocol"], ablations["backbone"]
     labels = ["mIoU"] if name == "table6" else [config["datasets"][ds]["label"] for ds in datasets]
+    seeds = table_seeds(config, "ablations")
     spec_rows = []
     for keys, variant, paper in rows:
         method, ablation, _, _ = variant_student(variant)
-        run = student_id(method, backbone, ablation)
+        run_ids = [student_id(method, backbone, ablation, seed) for seed in seeds]
         spec_rows.append({
             "keys": keys, "role": "student", "method": "mgd", "backbone": backbone,
-            "cells": {label: metrics_of(paths, runs, (ds, proto, ablation_slug(config, ds), run))
+            "cells": {label: seed_cell(paths, runs, (ds, proto, ablation_slug(config, ds)), run_ids)
                       for ds, label in zip(datasets, labels)},
             "paper": paper,
         })
@@ -129,7 +138,8 @@ def zoo_table(config: dict, paths: Paths, runs: dict[RunKey, Run]) -> dict:
         "keys": {"backbone": backbone, "method": METHOD_LABELS[method]},
         "role": "student", "method": method, "backbone": backbone,
         "complexity": paths.complexity(ds, backbone), "latency": paths.latency(ds, backbone),
-        "cells": {"mIoU": metrics_of(paths, runs, (ds, proto, slug, student_id(method, backbone)))},
+        "cells": {"mIoU": seed_cell(paths, runs, (ds, proto, slug),
+                                    [student_id(method, backbone, seed=seed) for seed in zoo["seeds"]])},
     } for backbone in zoo["backbones"] for method in zoo["methods"]]
     return {
         "name": ZOO_TABLE, "dataset": ds, "protocol": proto, "partition": zoo["partition"],
@@ -160,7 +170,8 @@ def figure_spec(config: dict, paths: Paths, runs: dict[RunKey, Run]) -> dict:
         "table": setting["table"], "dataset": ds, "protocol": proto, "slug": slug,
         "partition": partition_of_slug(config, ds, proto, slug),
         "backbone": backbone, "num_images": config["tables"]["figures"]["num_images"],
-        "models": {METHOD_LABELS[method]: model_of(paths, runs, (ds, proto, slug, student_id(method, backbone)))
+        "models": {METHOD_LABELS[method]: model_of(paths, runs, (ds, proto, slug,
+                                                                 student_id(method, backbone, seed=setting["seed"])))
                    for method in setting["methods"]},
     }
 
@@ -193,21 +204,24 @@ def class_tables(config: dict, specs: dict[str, dict], figures: dict) -> dict[st
 def curve_runs(paths: Paths, runs: dict[RunKey, Run], specs: dict[str, dict]) -> dict[str, dict[str, str]]:
     """The training-curve figures: table name -> {line label: run folder} of every trained run
     behind its cells (an imported teacher has no training log), each once. Lines of Tables 1-3
-    are labelled by method, backbone and partition, those of Tables 4-6 by run id (and dataset)."""
+    are labelled by method, backbone and partition, those of Tables 4-6 by run id (and dataset);
+    a cell of several seeds draws one line per seed."""
     by_metrics = {paths.metrics(*key): run for key, run in runs.items()}
     curves = {}
     for name, spec in specs.items():
         lines: dict[str, str] = {}
         for row in spec["rows"]:
-            for column, path in row["cells"].items():
-                run = by_metrics[path]
-                if run.imported:
-                    continue
-                if name in PARTITION_TABLES:
-                    label = f"{row['keys']['method']} {row['keys']['backbone']} {column}"
-                else:
-                    label = run.key[3] + (f" {column}" if len(spec["value_columns"]) > 1 else "")
-                lines.setdefault(label, paths.run_dir(*run.key))
+            for column, cell in row["cells"].items():
+                for path in cell:
+                    run = by_metrics[path]
+                    if run.imported:
+                        continue
+                    if name in PARTITION_TABLES:
+                        label = (f"{row['keys']['method']} {row['keys']['backbone']} {column}"
+                                 + (f" seed {run.seed}" if len(cell) > 1 else ""))
+                    else:
+                        label = run.key[3] + (f" {column}" if len(spec["value_columns"]) > 1 else "")
+                    lines.setdefault(label, paths.run_dir(*run.key))
         if lines:
             curves[name] = lines
     return curves

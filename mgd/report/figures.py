@@ -10,7 +10,8 @@ from pathlib import Path
 
 from mgd.errors import ConfigError
 from mgd.overlays import DEFAULT_ALPHA, error_map, overlay
-from mgd.report.inputs import LATENCY_COLUMN, ReportError, cell_number, latency_setting
+from mgd.report.inputs import LATENCY_COLUMN, ReportError, cell_number, cell_paths, latency_setting
+from mgd.report.spread import spread_columns
 
 
 def _pyplot():
@@ -89,7 +90,8 @@ def plot_tradeoff(spec: dict, table, partition: str, out: str | Path) -> None:
 
 
 def plot_partitions(spec: dict, table, backbone: str, out: str | Path) -> None:
-    """Figure 3: mIoU against partition for each method on ``backbone``; teachers dashed."""
+    """Figure 3: mIoU against partition for each method on ``backbone``; teachers dashed; error
+    bars: the seeds' sample std where a cell has several seeds."""
     columns = list(spec["value_columns"])
     rows = [(i, r) for i, r in enumerate(spec["rows"])
             if r.get("backbone") == backbone or r.get("role") == "teacher"]
@@ -100,14 +102,18 @@ def plot_partitions(spec: dict, table, backbone: str, out: str | Path) -> None:
     positions = list(range(len(columns)))
     for index, spec_row in rows:
         values = [cell_number(table.iloc[index][column]) for column in columns]
+        spreads = [cell_number(table.iloc[index].get(spread_columns(column)[0], "")) for column in columns]
         teacher = spec_row.get("role") == "teacher"
-        ax.plot(positions, values, linestyle="--" if teacher else "-", marker="o", markersize=4,
-                color="grey" if teacher else None, alpha=0.7 if teacher else 1.0,
-                label=_row_label(spec_row) if teacher else spec_row["keys"].get("method", ""))
+        ax.errorbar(positions, values, yerr=[0.0 if math.isnan(std) else std for std in spreads], capsize=3,
+                    linestyle="--" if teacher else "-", marker="o", markersize=4,
+                    color="grey" if teacher else None, alpha=0.7 if teacher else 1.0,
+                    label=_row_label(spec_row) if teacher else spec_row["keys"].get("method", ""))
     ax.set_xticks(positions, columns)
     ax.set_xlabel("partition (labeled share or count)")
     ax.set_ylabel("mIoU (%)")
-    ax.set_title(f"mIoU per partition, student {backbone}")
+    several = any(cell_number(table.iloc[index].get(spread_columns(column)[1], "")) > 1
+                  for index, _ in rows for column in columns)
+    ax.set_title(f"mIoU per partition, student {backbone}" + (" (mean ± std over seeds)" if several else ""))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     _save(fig, out)
@@ -229,12 +235,13 @@ def row_normalised(matrix):
     return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
-def confusion_panels(spec: dict, partition: str, backbone: str, methods: list[str]) -> list[tuple[str, str]]:
-    """(method label, metrics.json) of the student rows of ``spec`` on ``backbone`` whose method
-    label is one of ``methods``, in ``methods`` order, at ``partition``; ConfigError for one not there."""
+def confusion_panels(spec: dict, partition: str, backbone: str, methods: list[str]) -> list[tuple[str, list[str]]]:
+    """(method label, its metrics.json files, one per seed) of the student rows of ``spec`` on
+    ``backbone`` whose method label is one of ``methods``, in ``methods`` order, at
+    ``partition``; ConfigError for one not there."""
     if partition not in spec["value_columns"]:
         raise ConfigError(f"--partition {partition!r} is not a column of {spec['name']} ({spec['value_columns']})")
-    found = {row["keys"].get("method"): row["cells"].get(partition) for row in spec["rows"]
+    found = {row["keys"].get("method"): cell_paths(row["cells"].get(partition)) for row in spec["rows"]
              if row.get("role") != "teacher" and row.get("backbone") == backbone}
     panels = []
     for method in methods:
@@ -246,26 +253,34 @@ def confusion_panels(spec: dict, partition: str, backbone: str, methods: list[st
 
 def plot_confusion(spec: dict, partition: str, backbone: str, methods: list[str], out: str | Path) -> None:
     """Row-normalised confusion matrices (``row_normalised``) of the ``methods`` students on
-    ``backbone`` at ``partition``, side by side, class names on both axes (those of
-    mgd.report.tables.class_display_names), each cell's share in percent written in it."""
+    ``backbone`` at ``partition``, side by side (a student of several seeds: their matrices
+    summed), class names on both axes (those of mgd.report.tables.class_display_names), each
+    cell's share in percent written in it."""
     import numpy as np
 
-    from mgd.report.inputs import read_class_metrics, read_miou_percent
+    from mgd.report.inputs import read_cell, read_class_metrics
     from mgd.report.tables import class_display_names
 
     panels = confusion_panels(spec, partition, backbone, methods)
-    metrics = [(label, path, read_class_metrics(path)) for label, path in panels]
-    classes = metrics[0][2]["classes"]
-    for _, path, entry in metrics[1:]:
-        if entry["classes"] != classes:
-            raise ReportError(f"metrics files {metrics[0][1]} and {path} list different classes")
+    metrics, classes, first = [], None, None
+    for label, paths in panels:
+        summed = None
+        for path in paths:
+            entry = read_class_metrics(path)
+            if classes is None:
+                classes, first = entry["classes"], path
+            elif entry["classes"] != classes:
+                raise ReportError(f"metrics files {first} and {path} list different classes")
+            matrix = np.asarray(entry["confusion_matrix"], dtype=np.float64)
+            summed = matrix if summed is None else summed + matrix
+        metrics.append((label, paths, {"confusion_matrix": summed}))
     names = class_display_names(spec.get("column_adapters", {}).get(partition), classes)
     plt = _pyplot()
     size = max(3.5, 0.32 * len(names) + 1.5)
     fig, axes = plt.subplots(1, len(metrics), figsize=(0.85 * size * len(metrics) + 1.2, size), squeeze=False,
                              layout="constrained")
     image = None
-    for index, (ax, (label, path, entry)) in enumerate(zip(axes[0], metrics)):
+    for index, (ax, (label, paths, entry)) in enumerate(zip(axes[0], metrics)):
         shares = row_normalised(entry["confusion_matrix"])
         image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
         positions = list(range(len(names)))
@@ -274,7 +289,9 @@ def plot_confusion(spec: dict, partition: str, backbone: str, methods: list[str]
         ax.set_xlabel("predicted class")
         if index == 0:
             ax.set_ylabel("ground-truth class")
-        ax.set_title(f"{label} {backbone} at {partition}: mIoU {read_miou_percent(path):.1f} %", fontsize=9)
+        cell = read_cell(paths)
+        seeds = f", {cell.n} seeds summed" if cell.n > 1 else ""
+        ax.set_title(f"{label} {backbone} at {partition}: mIoU {cell.mean:.1f} %{seeds}", fontsize=9)
         if len(names) <= 25:
             for (i, j), share in np.ndenumerate(shares):
                 ax.text(j, i, f"{100 * share:.0f}", ha="center", va="center", fontsize=5,

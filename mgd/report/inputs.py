@@ -53,6 +53,11 @@ def load_spec(path: str | Path) -> dict:
         unknown = [column for column in row["cells"] if column not in spec["value_columns"]]
         if unknown:
             raise ReportError(f"table spec {path}: rows[{index}].cells has unknown column '{unknown[0]}'")
+        for column, cell in row["cells"].items():
+            if not isinstance(cell, str) and (not isinstance(cell, list) or not cell
+                                              or not all(isinstance(item, str) for item in cell)):
+                raise ReportError(f"table spec {path}: rows[{index}].cells[{column!r}] is neither a metrics file "
+                                  "nor a list of them (one per seed)")
         for key in ("complexity", "latency"):
             if spec.get(key) and not row.get(key):
                 raise ReportError(f"table spec {path}: rows[{index}] has no '{key}' file")
@@ -71,6 +76,20 @@ def read_miou_percent(path: str | Path) -> float:
     else:
         raise ReportError(f"metrics file {path} has neither 'miou_percent' nor 'miou'")
     return math.nan if value is None else float(value)
+
+
+def cell_paths(cell: str | list[str] | None) -> list[str]:
+    """The metrics files of a spec cell: one per seed (a single file is a one-seed cell)."""
+    if cell is None:
+        return []
+    return [cell] if isinstance(cell, str) else list(cell)
+
+
+def read_cell(paths: list[str]):
+    """A table cell over seeds (``mgd.report.spread.SeedCell``) from its metrics files, one per seed."""
+    from mgd.report.spread import SeedCell
+
+    return SeedCell(tuple(read_miou_percent(path) for path in paths))
 
 
 def read_complexity(path: str | Path, part: str = "backbone") -> dict[str, float]:

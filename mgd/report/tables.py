@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from mgd.errors import ConfigError
+from mgd.report.spread import SEED_SEPARATOR, SeedCell, differs, join_values, spread_columns, split_values
 from mgd.report.inputs import (
     COMPLEXITY_COLUMNS,
     LATENCY_COLUMN,
@@ -15,19 +16,22 @@ from mgd.report.inputs import (
     cell_number,
     latency_setting,
     load_spec,
+    cell_paths,
+    read_cell,
     read_class_metrics,
     read_complexity,
     read_json,
     read_latency,
-    read_miou_percent,
     read_spec_table,
     read_table,
 )
 
 
 def build_table(spec: dict):
-    """(table, sources) DataFrames of one spec: values in mIoU percent (after the params / GMACs
-    and latency columns the spec asks for), sources as paths."""
+    """(table, sources) DataFrames of one spec: values in mIoU percent, each cell the mean over its
+    seeds (after the params / GMACs and latency columns the spec asks for), then per value column
+    its seeds' std, n and values (``spread_columns``); sources as paths (a cell's metrics files,
+    one per seed, joined by ``;``)."""
     import pandas as pd
 
     columns = list(spec["key_columns"])
@@ -36,6 +40,7 @@ def build_table(spec: dict):
     if spec.get("latency"):
         columns.append(LATENCY_COLUMN)
     columns += list(spec["value_columns"])
+    columns += [extra for column in spec["value_columns"] for extra in spread_columns(column)]
     values, sources = [], []
     for row in spec["rows"]:
         value_row = dict(row["keys"])
@@ -48,9 +53,12 @@ def build_table(spec: dict):
             value_row[LATENCY_COLUMN] = round(read_latency(row["latency"])["median_ms"], 3)
             source_row[LATENCY_COLUMN] = row["latency"]
         for column in spec["value_columns"]:
-            path = row["cells"].get(column)
-            value_row[column] = round(read_miou_percent(path), 2) if path else math.nan
-            source_row[column] = path or ""
+            paths = cell_paths(row["cells"].get(column))
+            cell = read_cell(paths)
+            std, n, seeds = spread_columns(column)
+            value_row.update({column: round(cell.mean, 2), std: round(cell.std, 2), n: cell.n,
+                              seeds: join_values(cell.values)})
+            source_row.update(dict.fromkeys((column, std, n, seeds), SEED_SEPARATOR.join(paths)))
         values.append(value_row)
         sources.append(source_row)
     baselines = majority_baselines(spec)
@@ -131,7 +139,9 @@ def comparison_table(spec: dict, table, paper: dict | None) -> dict:
     adapter) has cells ``ours (paper)``, matched by row key and by column (``match_paper_columns``);
     any other column, a user's own or the synthetic dataset, has our number alone."""
     value_columns = list(spec["value_columns"])
-    key_columns = [column for column in table.columns if column not in value_columns]
+    extras = {extra for column in value_columns for extra in spread_columns(column)}
+    key_columns = [column for column in table.columns if column not in value_columns and column not in extras]
+    marks = spread_marks(spec, table)
     paper = paper or {}
     paper_rows = paper.get("rows", {})
     adapters = spec.get("column_adapters", {})
@@ -150,15 +160,19 @@ def comparison_table(spec: dict, table, paper: dict | None) -> dict:
         reference = paper_rows.get(spec_row.get("paper"), [])
         cells = [_format_key(row[column]) for column in key_columns]
         for column, (_, position) in zip(value_columns, matched):
-            ours = _format_number(cell_number(row[column]))
+            ours = format_cell(row, column) + marks.get((index, column), "")
             theirs = reference[position] if position is not None and position < len(reference) else None
             cells.append(f"{ours} ({_format_number(theirs) if theirs is not None else '—'})" if compared else ours)
         rows.append(cells)
     complexity = paper.get("complexity")
-    footnote = None
+    footnotes = []
+    if any(cell_number(row.get(spread_columns(column)[1], "")) > 1
+           for _, row in table.iterrows() for column in value_columns):
+        footnotes.append(SPREAD_NOTE)
     if compared and complexity and spec.get("complexity"):
         described = ", ".join(f"{name} {v['params_m']}M / {v['gmacs']}G" for name, v in complexity.items())
-        footnote = f"Paper backbone Params / FLOPs (MACs) at its crop: {described}."
+        footnotes.append(f"Paper backbone Params / FLOPs (MACs) at its crop: {described}.")
+    footnote = " ".join(footnotes) or None
     if compared:
         note = f"Paper: {paper['title']}. Cells: ours (paper)." if paper.get("title") else "Cells: ours (paper)."
     elif paper.get("title"):
@@ -166,6 +180,59 @@ def comparison_table(spec: dict, table, paper: dict | None) -> dict:
     else:
         note = "No paper numbers for this table."
     return {"title": spec.get("title", spec["name"]), "note": note, "header": header, "rows": rows, "footnote": footnote}
+
+
+SPREAD_NOTE = (
+    "Cells of several seeds: mean ± sample std (n seeds). S+ / S-: above / below the Sup student of the "
+    "same backbone, B+ / B-: above / below the best other baseline (the best of its non-MGD students "
+    "but this row), each by Welch's t-test over the seeds at p < 0.05; no mark: the difference is "
+    "within the seed spread (or a cell has one seed).")
+
+
+def format_cell(row, column: str) -> str:
+    """A value cell of a table CSV row: its mean, with ``± std (n)`` when it has several seeds."""
+    std, n, _ = spread_columns(column)
+    mean = _format_number(cell_number(row[column]))
+    if column in row and std in row and cell_number(row[n]) > 1:
+        return f"{mean} ± {_format_number(cell_number(row[std]))} ({int(cell_number(row[n]))})"
+    return mean
+
+
+def seed_cells(table, column: str) -> list[SeedCell]:
+    """The per-seed values of every row of ``table`` in ``column`` (from its ``seeds`` column)."""
+    seeds = spread_columns(column)[2]
+    return [SeedCell(split_values(text)) for text in table[seeds]] if seeds in table.columns else []
+
+
+def spread_marks(spec: dict, table) -> dict[tuple[int, str], str]:
+    """(row index, value column) -> its marks (``SPREAD_NOTE``) for the student rows of a table
+    whose rows have a method and a backbone (Tables 1-3, the zoo): against the Sup student of the
+    same backbone and, for every non-Sup row, against the best other non-MGD student of that
+    backbone (by mean). Rows are compared only where both cells have two seeds or more."""
+    marks: dict[tuple[int, str], str] = {}
+    rows = spec["rows"]
+    if not rows or any("method" not in row["keys"] or "backbone" not in row["keys"] for row in rows):
+        return marks
+    students = [index for index, row in enumerate(rows) if row.get("role") == "student"]
+    for column in spec["value_columns"]:
+        cells = seed_cells(table, column)
+        if not cells:
+            continue
+        for index in students:
+            backbone, method = rows[index]["backbone"], rows[index]["method"]
+            same = [other for other in students if rows[other]["backbone"] == backbone and other != index]
+            sup = next((other for other in same if rows[other]["method"] == "sup"), None)
+            baselines = [other for other in same if rows[other]["method"] not in ("sup", "mgd")
+                         and cells[other].n] + ([sup] if sup is not None else [])
+            found = ""
+            if sup is not None and method != "sup":
+                found += {1: " S+", -1: " S-"}.get(differs(cells[index], cells[sup]), "")
+            if baselines and method != "sup":
+                best = max(baselines, key=lambda other: cells[other].mean)
+                found += {1: " B+", -1: " B-"}.get(differs(cells[index], cells[best]), "")
+            if found:
+                marks[(index, column)] = found
+    return marks
 
 
 def markdown_table(spec: dict, table, paper: dict | None) -> str:
@@ -260,7 +327,7 @@ def majority_baselines(spec: dict) -> dict:
     found = {}
     for column in spec["value_columns"]:
         for row in spec["rows"]:
-            path = row["cells"].get(column)
+            path = (cell_paths(row["cells"].get(column)) or [None])[0]
             metrics = read_json(path, "metrics file") if path and Path(path).is_file() else {}
             baseline = metrics.get("majority_baseline") if isinstance(metrics, dict) else None
             if baseline and baseline.get("miou_percent") is not None:
@@ -309,27 +376,32 @@ def class_display_names(adapter: str | None, classes: list[str]) -> list[str]:
 def build_class_table(spec: dict, partition: str):
     """(table, sources) DataFrames of the per-class IoU (%) of every row of partition table
     ``spec`` at ``partition``: its key columns, ``partition``, one column per class (named by
-    ``class_display_names``; empty where the class is in neither prediction nor ground truth) and
-    ``mIoU``; sources name the metrics.json of each cell. ReportError when two rows' metrics
-    files list different classes."""
+    ``class_display_names``; the mean over the cell's seeds, empty where the class is in neither
+    prediction nor ground truth in any seed) and ``mIoU`` (the mean over seeds); sources name the
+    metrics.json of each cell (one per seed, joined by ``;``). ReportError when two metrics files
+    list different classes."""
     import pandas as pd
 
     if partition not in spec["value_columns"]:
         raise ConfigError(f"--partition {partition!r} is not a column of {spec['name']} ({spec['value_columns']})")
     classes, first, values, sources = None, None, [], []
     for row in spec["rows"]:
-        path = row["cells"].get(partition)
-        if not path:
+        paths = cell_paths(row["cells"].get(partition))
+        if not paths:
             continue
-        metrics = read_class_metrics(path)
-        if classes is None:
-            classes, first = metrics["classes"], path
-        elif metrics["classes"] != classes:
-            raise ReportError(f"metrics files {first} and {path} list different classes")
+        seeds = [read_class_metrics(path) for path in paths]
+        for path, metrics in zip(paths, seeds):
+            if classes is None:
+                classes, first = metrics["classes"], path
+            elif metrics["classes"] != classes:
+                raise ReportError(f"metrics files {first} and {path} list different classes")
         keys = {**row["keys"], CLASS_TABLE_KEY: partition}
-        iou = [math.nan if metrics["iou"][name] is None else round(100 * metrics["iou"][name], 2) for name in classes]
-        values.append([*keys.values(), *iou, round(read_miou_percent(path), 2)])
-        sources.append([*keys.values(), *[path] * (len(classes) + 1)])
+        iou = []
+        for name in classes:
+            found = [metrics["iou"][name] for metrics in seeds if metrics["iou"][name] is not None]
+            iou.append(round(100 * math.fsum(found) / len(found), 2) if found else math.nan)
+        values.append([*keys.values(), *iou, round(read_cell(paths).mean, 2)])
+        sources.append([*keys.values(), *[SEED_SEPARATOR.join(paths)] * (len(classes) + 1)])
     if classes is None:
         raise ReportError(f"table {spec['name']} has no cell at partition {partition}")
     names = class_display_names(spec.get("column_adapters", {}).get(partition), classes)

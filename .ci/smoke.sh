@@ -29,6 +29,17 @@ done
 for file in tables.md fig1_tradeoff.png fig3_partitions.png fig4_qualitative.png; do
     test -s "$RESULTS/$file"
 done
+# Table 2 runs two seeds (config/smoke.yaml): its student cells aggregate two runs each
+python3 - "$RESULTS/table2.csv" "$RESULTS/table2.sources.csv" <<'PY'
+import sys
+import pandas as pd
+table, sources = pd.read_csv(sys.argv[1]), pd.read_csv(sys.argv[2])
+students = table[~table["method"].str.contains(r"\(T_|Majority", regex=True)]
+column = [c for c in table.columns if c.endswith(" n")][0].removesuffix(" n")
+assert (students[f"{column} n"] == 2).all(), students
+assert all(len(cell.split(";")) == 2 for cell in sources.loc[students.index, column]), sources
+print(f"[smoke.sh] table2: {len(students)} student cells of 2 seeds each")
+PY
 # the per-class tables and confusion figures (one per dataset), every table's training curves
 for name in table1 table3; do
     test -s "$RESULTS/${name}_classes.csv" && test -s "$RESULTS/${name}_classes.sources.csv"

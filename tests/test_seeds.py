@@ -207,3 +207,15 @@ def test_figure3_draws_the_seed_std_as_error_bars(tmp_path, monkeypatch):
     segments = bars[0].lines[2][0].get_segments()
     assert [tuple(point[1] for point in segment) for segment in segments] == [pytest.approx((30.0, 34.0))]
     assert "mean ± std over seeds" in ax.get_title()
+
+
+def test_seed_lists_from_the_command_line_are_integers():
+    from mgd.plan.config import load_workflow_config
+
+    # Snakemake reads `--config 'seeds=[0,1]'` with YAML's BaseLoader: ["0", "1"]
+    config = load_workflow_config([str(REPO / "config" / "config.yaml")],
+                                  ["seeds=[0,1]", "teacher_seeds=[0]"])
+    plan = build_plan(config)
+    assert plan.config["seeds"] == [0, 1] and plan.config["teacher_seeds"] == [0]
+    with pytest.raises(ConfigError, match=r"config key seeds.0: 'a' is not of type 'integer'"):
+        build_plan(load_workflow_config([str(REPO / "config" / "config.yaml")], ["seeds=[a]"]))

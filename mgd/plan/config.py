@@ -69,12 +69,30 @@ def resolve_data_roots(config: dict) -> None:
             dataset["dataset"]["root"] = str(PurePosixPath(config["data_root"]) / root)
 
 
+def seed_lists_as_integers(config: dict) -> dict:
+    """``config`` with the digit strings of its seed lists (``seeds``, ``teacher_seeds``,
+    ``tables.<name>.seeds``) as integers: Snakemake reads a list in ``--config 'seeds=[0,1]'``
+    with YAML's BaseLoader, every item a string. Anything else is left for the schema to judge."""
+
+    def integers(seeds):
+        if not isinstance(seeds, list):
+            return seeds
+        return [int(seed) if isinstance(seed, str) and seed.isdigit() else seed for seed in seeds]
+
+    fixed = {**config, **{key: integers(config[key]) for key in ("seeds", "teacher_seeds") if key in config}}
+    if isinstance(config.get("tables"), dict):
+        fixed["tables"] = {name: {**table, "seeds": integers(table["seeds"])}
+                           if isinstance(table, dict) and "seeds" in table else table
+                           for name, table in config["tables"].items()}
+    return fixed
+
+
 def validate_workflow_config(config: dict) -> dict:
     """A copy of ``config`` checked against the workflow schema, defaults filled and dataset roots
     resolved; ConfigError names the first bad key. Cross-references are checked by build_plan."""
     if "seed" in config:
         raise ConfigError("config key seed: the workflow's training seeds are lists now: seeds (the students', "
                           "e.g. seeds: [0, 1, 2]) and teacher_seeds (the teachers', default [0])")
-    validated = schemas.validate(config, "workflow")
+    validated = schemas.validate(seed_lists_as_integers(config), "workflow")
     resolve_data_roots(validated)
     return validated

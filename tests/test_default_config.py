@@ -17,16 +17,18 @@ def plan_of(name: str):
     return build_plan(yaml.safe_load((REPO / "config" / name).read_text()))
 
 
-def test_default_config_plans_21_runs_and_every_table():
+def test_default_config_plans_29_runs_and_every_table():
     plan = plan_of("config.yaml")
     roles = [run.role for run in plan.runs.values()]
     # T_D and T_W at synA 1/8 and synB 1/8 (Table 4 without its same-architecture pairs, so no
     # seed + 1 copies).
     assert roles.count("teacher") == 2 * 2
-    # Table 1: Sup, CPS, KD, MGD ResNet-18; Table 3: Sup, KD, MGD; Table 2's Sup and MGD MobileNetV2; at synA 1/8
-    # with ResNet-18 (Table 1's Sup and MGD runs are rows of Tables 4-6): 2 (Table 4) + 4 (Table
-    # 5a) + 1 (Table 5b) + 1 (3x3 grid) ablation runs.
-    assert roles.count("student") == 4 + 3 + 2 + 8
+    # Table 1: Sup, CPS, KD, MGD ResNet-18 at seeds 0, 1, 2; Table 3: Sup, KD, MGD; Table 2's Sup and
+    # MGD MobileNetV2; at synA 1/8 with ResNet-18 (Table 1's seed-0 Sup and MGD runs are rows of
+    # Tables 4-6): 2 (Table 4) + 4 (Table 5a) + 1 (Table 5b) + 1 (3x3 grid) ablation runs.
+    assert roles.count("student") == 4 * 3 + 3 + 2 + 8
+    assert {len(cell) for row in plan.tables["table1"]["rows"] if row["role"] == "student"
+            for cell in row["cells"].values()} == {3}
     assert set(plan.tables) == {"table1", "table2", "table3", "table4", "table5a", "table5b", "table6"}
     assert plan.figures and len(plan.caches) == 2  # one teacher cache per dataset x partition
     schedules = {(run.role, run.method, run.backbone, run.optim["iterations"]) for run in plan.runs.values()

@@ -600,7 +600,12 @@ def test_per_class_tables_confusion_and_curve_figures_are_planned():
         words = shlex.split(plan.curve_log_options(name))
         assert words[::2] == ["--log"] * len(folders)
         assert {word.split("=", 1)[1] for word in words[1::2]} == {f"{folder}/log.csv" for folder in folders}
-    assert list(plan.curves["table1"])[:3] == ["Sup (T_D) resnet50d 1/8", "Sup (T_W) resnet34d 1/8", "Sup resnet18d 1/8"]
+    # Table 1's students run three seeds: one line each
+    assert list(plan.curves["table1"])[:5] == ["Sup (T_D) resnet50d 1/8", "Sup (T_W) resnet34d 1/8",
+                                               "Sup resnet18d 1/8 seed 0", "Sup resnet18d 1/8 seed 1",
+                                               "Sup resnet18d 1/8 seed 2"]
+    assert plan.confusion_inputs("table1") == [plan.paths.metrics("synA", "ratio", "1-8", f"{method}_resnet18d{suffix}")
+                                               for method in ("sup", "mgd") for suffix in ("", "_s1", "_s2")]
     assert "mgd_resnet18d_t5a_P" in plan.curves["table5a"]
 
 

@@ -41,3 +41,13 @@ include: "workflow/rules/cache.smk"
 include: "workflow/rules/students.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+
+
+# when the workflow ends (the main Snakefile only: not in a SLURM job's own Snakemake, nor for a
+# workflow that uses this one as a module)
+onsuccess:
+    drop_kept_checkpoints()
+
+
+onerror:
+    drop_kept_checkpoints()

@@ -192,6 +192,8 @@ snakemake --profile profiles/slurm --configfile config/smoke.yaml "$STATE/wallti
     "$WALL_RUN/metrics.json" 2>&1 | tee "$STATE/snakemake-walltime.log"
 log "walltime run finished in $(( $(date +%s) - start )) s"
 test -s "$WALL_RUN/metrics.json" || { log "missing $WALL_RUN/metrics.json"; exit 1; }
+# the SLURM jobs keep a finished run's checkpoint for a retry; the workflow deletes it at its end
+test ! -e "$WALL_RUN/checkpoint.pt" || { log "$WALL_RUN/checkpoint.pt is left after the workflow ended"; exit 1; }
 # Snakemake deletes a failed job's log before its retry; the plugin keeps the SLURM logs of the
 # failed jobs: there SLURM says each ended at its time limit. train.json lists the iterations the
 # run resumed at, one per allocation after the first.

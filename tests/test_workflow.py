@@ -200,9 +200,10 @@ def test_job_resumes_or_discards_the_checkpoint(tmp_path, capsys):
     assert [path.read_bytes() for path in run_dir.glob("checkpoint.stale-*.pt")] == [b"state"]
 
 
-def mgd_job(*args: str) -> subprocess.CompletedProcess:
+def mgd_job(*args: str, **env: str) -> subprocess.CompletedProcess:
+    outside_slurm = {key: value for key, value in os.environ.items() if key != "SLURM_JOB_ID"}
     return subprocess.run([sys.executable, "-m", "mgd.cli", "job", *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          timeout=120, env={**outside_slurm, "OMP_NUM_THREADS": "1", **env})
 
 
 def test_job_runs_its_commands_in_order_and_drops_the_checkpoint_on_success(tmp_path):
@@ -221,6 +222,30 @@ def test_job_runs_its_commands_in_order_and_drops_the_checkpoint_on_success(tmp_
     ok = mgd_job(*common, *complexity, "--", *complexity)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.count('"backbone": "resnet18d"') == 2 and not checkpoint.exists()
+
+
+def test_a_slurm_job_keeps_the_final_checkpoint_until_the_workflow_ends(tmp_path):
+    from mgd.jobs.checkpoint_guard import drop_finished_checkpoints
+
+    run_dir, config = tmp_path / "run", tmp_path / "config.yaml"
+    config.write_text("a: 1\n")
+    checkpoint = run_dir / "checkpoint.pt"
+    common = ["--run-dir", str(run_dir), "--inputs", str(config), "--drop-checkpoint", "--"]
+    complexity = ["complexity", "--backbone", "resnet18d", "--size", "32", "--json"]
+    assert mgd_job(*common, *complexity).returncode == 0
+    checkpoint.write_bytes(b"final state")
+    # SLURM may still fail this job at its time limit: the retry needs the checkpoint to resume
+    ok = mgd_job(*common, *complexity, SLURM_JOB_ID="42")
+    assert ok.returncode == 0 and checkpoint.exists() and "keeping" in ok.stderr
+    # when the workflow ends, a finished run's checkpoint goes; an unfinished run's stays
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "checkpoint.pt").write_bytes(b"half")
+    assert drop_finished_checkpoints([run_dir, unfinished]) == []  # no model.pt / train.json yet
+    (run_dir / "model.pt").write_bytes(b"model")
+    (run_dir / "train.json").write_text("{}")
+    assert drop_finished_checkpoints([run_dir, unfinished]) == [checkpoint]
+    assert not checkpoint.exists() and (unfinished / "checkpoint.pt").exists()
 
 
 def test_job_gives_each_job_its_own_gpu_slot(tmp_path):

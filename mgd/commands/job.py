@@ -8,7 +8,8 @@ torchrun processes (``mgd.jobs.launch``), its config checked here first so that 
 line before any process starts; the other commands (evaluate, cache) run afterwards in this
 process, once. ``--run-dir`` guards the run folder's checkpoint against changed inputs
 (``mgd.jobs.checkpoint_guard``); ``--drop-checkpoint`` deletes it once every command succeeded (it
-holds the optimizer state, several times the model's size).
+holds the optimizer state, several times the model's size), except inside a SLURM job, where the
+workflow deletes it when it ends (``drop_final_checkpoint``).
 
 The job stops at the first command that fails and exits with its status (``mgd.errors.ExitStatus``:
 2 for a user error, 1 for a crash; for torchrun processes the status they exited with).
@@ -25,10 +26,9 @@ from pathlib import Path
 
 from mgd.commands import main as mgd_main
 from mgd.errors import ConfigError
-from mgd.jobs.checkpoint_guard import TrainInputs, guard_checkpoint
+from mgd.jobs.checkpoint_guard import TrainInputs, drop_final_checkpoint, guard_checkpoint
 from mgd.jobs.gpu_slots import claim_gpu
 from mgd.jobs.launch import run_distributed_training
-from mgd.train import CHECKPOINT_NAME
 
 COMMAND_SEPARATOR = "--"
 
@@ -91,5 +91,5 @@ def main(args: argparse.Namespace) -> int:
         if status:
             return status
     if args.drop_checkpoint:
-        (args.run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        drop_final_checkpoint(args.run_dir)
     return 0

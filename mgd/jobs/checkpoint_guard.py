@@ -9,12 +9,19 @@ A checkpoint left by an interrupted job with the same stamp is resumed; one whos
 since (a retrained teacher) is renamed to ``checkpoint.stale-<time>.pt``, never deleted, and
 training starts over. Temp files a killed write left in the run folder
 (``.checkpoint.pt.<random>.tmp``, up to the checkpoint's size) are removed first.
+
+A finished run's checkpoint (``--drop-checkpoint``) is deleted by the job itself, except inside a
+SLURM job: there it is kept until the workflow ends (``drop_finished_checkpoints``), because SLURM
+can still fail a job whose work is done (its time limit passes while the job shuts down: state
+TIMEOUT); Snakemake then deletes the job's outputs and retries it, and the kept final checkpoint
+lets the retry re-export the model and evaluate it instead of training from the start.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -113,3 +120,34 @@ def guard_checkpoint(run_dir: Path, inputs: list[str], train: TrainInputs | None
             print(f"mgd job: inputs changed since {checkpoint} was written ({', '.join(changes)}): "
                   f"moved it to {aside} (delete it when not needed); training starts over", file=sys.stderr)
     write_json_atomic(stamp_file, stamp)
+
+
+#: the environment variable set inside a SLURM job
+SLURM_JOB_VARIABLE = "SLURM_JOB_ID"
+#: the files of a finished run (mgd train writes them last): its checkpoint is no longer needed
+FINISHED_RUN_FILES = ("model.pt", "train.json")
+
+
+def drop_final_checkpoint(run_dir: Path, environ: dict | None = None) -> bool:
+    """Delete the finished run's checkpoint in ``run_dir``, unless this is a SLURM job (module
+    docstring); True when it was deleted."""
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if SLURM_JOB_VARIABLE in (os.environ if environ is None else environ):
+        if checkpoint.exists():
+            print(f"mgd job: keeping {checkpoint} until the workflow ends (a SLURM job can still fail "
+                  "at its time limit after its work is done; a retry then resumes from it)", file=sys.stderr)
+        return False
+    checkpoint.unlink(missing_ok=True)
+    return True
+
+
+def drop_finished_checkpoints(run_dirs: list[str | Path]) -> list[Path]:
+    """Delete the checkpoint of every run folder of ``run_dirs`` whose run finished (its
+    ``FINISHED_RUN_FILES`` exist); the checkpoints deleted."""
+    dropped = []
+    for run_dir in map(Path, run_dirs):
+        checkpoint = run_dir / CHECKPOINT_NAME
+        if checkpoint.exists() and all((run_dir / name).exists() for name in FINISHED_RUN_FILES):
+            checkpoint.unlink()
+            dropped.append(checkpoint)
+    return dropped

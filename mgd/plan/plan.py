@@ -76,6 +76,10 @@ class Plan:
         prefix = f"{self.paths.results}/"
         return {self.paths.run_dir(*key).removeprefix(prefix): run for key, run in self.runs.items() if run.imported}
 
+    def trained_run_dirs(self) -> list[str]:
+        """The folder of every run the workflow trains (not the imported teachers)."""
+        return [self.paths.run_dir(*key) for key, run in self.runs.items() if not run.imported]
+
     def import_inputs(self, ds: str, proto: str, slug: str, run: str) -> dict[str, str | list[str]]:
         """Inputs of an import job: the official checkpoint and the dataset (its class names)."""
         files = {"checkpoint": self.run(ds, proto, slug, run).source, "dataset": self.dataset_inputs(ds)}

@@ -168,6 +168,19 @@ TRAIN_SHELL = (
 )
 DROP_CHECKPOINT = "" if CFG["keep_final_checkpoints"] else " --drop-checkpoint"
 
+
+def drop_kept_checkpoints():
+    """Delete the checkpoints of finished runs that SLURM jobs kept (a SLURM job can fail at its
+    time limit after its work is done; its retry resumes from the kept checkpoint instead of
+    training again: mgd/jobs/checkpoint_guard.py). Run when the workflow ends (Snakefile)."""
+    if CFG["keep_final_checkpoints"]:
+        return
+    from mgd.jobs.checkpoint_guard import drop_finished_checkpoints
+
+    for path in drop_finished_checkpoints(PLAN.trained_run_dirs()):
+        print(f"deleted {path}: its run has finished", file=sys.stderr)
+
+
 # Shell command of the rules writing a params text to their output.
 WRITE_TEXT = "printf '%s' {params.text:q} > {output:q} && echo wrote {output:q} > {log:q}"
 

@@ -40,6 +40,10 @@ assert (students[f"{column} n"] == 2).all(), students
 assert all(len(cell.split(";")) == 2 for cell in sources.loc[students.index, column]), sources
 print(f"[smoke.sh] table2: {len(students)} student cells of 2 seeds each")
 PY
+# keep_seed_models: false (config/smoke.yaml): the seed-1 students were scored, their models deleted
+test -s "$RESULTS/synA/runs/few/4/sup_resnet18d_s1/metrics.json"
+test ! -e "$RESULTS/synA/runs/few/4/sup_resnet18d_s1/model.pt"
+test -s "$RESULTS/synA/runs/few/4/sup_resnet18d/model.pt"
 # the per-class tables and confusion figures (one per dataset), every table's training curves
 for name in table1 table3; do
     test -s "$RESULTS/${name}_classes.csv" && test -s "$RESULTS/${name}_classes.sources.csv"

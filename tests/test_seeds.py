@@ -221,3 +221,15 @@ def test_seed_lists_from_the_command_line_are_integers():
     assert plan.config["seeds"] == [0, 1] and plan.config["teacher_seeds"] == [0]
     with pytest.raises(ConfigError, match=r"config key seeds.0: 'a' is not of type 'integer'"):
         build_plan(load_workflow_config([str(REPO / "config" / "config.yaml")], ["seeds=[a]"]))
+
+
+def test_keep_seed_models_false_marks_the_students_of_later_seeds():
+    config = default_config(keep_seed_models=False)
+    config["tables"]["table1"]["seeds"] = [0, 1, 2]
+    plan = build_plan(config)
+    scored = plan.scored_only_runs()
+    assert scored == sorted(f"{method}_resnet18d_s{seed}" for method in ("cps", "kd", "mgd", "sup") for seed in (1, 2))
+    assert build_plan(default_config()).scored_only_runs() == []  # keep_seed_models: true by default
+    # a seed that is another table's first keeps its models
+    config["tables"]["table3"]["seeds"] = [1]
+    assert not any(run.endswith("_s1") for run in build_plan(config).scored_only_runs())

@@ -52,7 +52,9 @@ def assert_dag_trains_the_plan(counts: dict[str, int], plan) -> None:
     """The dry-run schedules each planned run once: the teachers and students, their configs,
     one split per partition, every table."""
     roles = [run.role for run in plan.runs.values() if not run.imported]
-    assert (counts["train_teacher"], counts["train_student"]) == (roles.count("teacher"), roles.count("student"))
+    students = counts.get("train_student", 0) + counts.get("train_scored_student", 0)
+    assert (counts["train_teacher"], students) == (roles.count("teacher"), roles.count("student"))
+    assert counts.get("train_scored_student", 0) == len(plan.scored_only_runs())
     assert counts["run_config"] == len(roles)
     assert counts["split"] == len({run.partition_key for run in plan.runs.values()})
     assert counts["table"] == counts["table_spec"] == len(plan.tables)

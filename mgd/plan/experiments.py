@@ -45,6 +45,13 @@ def table_seeds(config: dict, name: str) -> list[int]:
     return list(config["tables"].get(name, {}).get("seeds") or config["seeds"])
 
 
+def first_seeds(config: dict) -> set[int]:
+    """The first seed of every configured table (each keeps its students' models: Figure 4 reads
+    Table 1's first)."""
+    names = [name for name in (*PARTITION_TABLES, "ablations", "zoo") if config["tables"].get(name)]
+    return {table_seeds(config, name)[0] for name in names}
+
+
 def table_teacher_seeds(config: dict, name: str) -> list[int]:
     """The teacher seeds the students of table ``name`` distil from, in seed order, each once."""
     return list(dict.fromkeys(teacher_seed_of(config, seed) for seed in table_seeds(config, name)))

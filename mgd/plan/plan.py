@@ -9,7 +9,7 @@ from mgd.errors import ConfigError
 from mgd.plan.caches import PartitionCache, PartitionKey, plan_caches, uses_cache
 from mgd.plan.checks import check_references
 from mgd.plan.config import validate_workflow_config
-from mgd.plan.experiments import planned_runs
+from mgd.plan.experiments import first_seeds, planned_runs
 from mgd.plan.partitions import partition_of_slug
 from mgd.plan.paths import Paths
 from mgd.plan.runs import Run, RunKey, dataset_slice, planned_run, train_config
@@ -75,6 +75,15 @@ class Plan:
         rule's wildcard: only these folders are imported, every other teacher is trained)."""
         prefix = f"{self.paths.results}/"
         return {self.paths.run_dir(*key).removeprefix(prefix): run for key, run in self.runs.items() if run.imported}
+
+    def scored_only_runs(self) -> list[str]:
+        """With ``keep_seed_models: false``, the run ids whose model.pt is a temp() file: the
+        students of a seed that is no table's first (by seed alone, so one id is one kind of run on
+        every dataset and partition); empty otherwise."""
+        if self.config["keep_seed_models"]:
+            return []
+        kept = first_seeds(self.config)
+        return sorted({run.id for run in self.runs.values() if run.role == "student" and run.seed not in kept})
 
     def trained_run_dirs(self) -> list[str]:
         """The folder of every run the workflow trains (not the imported teachers)."""

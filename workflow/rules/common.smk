@@ -142,12 +142,17 @@ def json_text(data):
     return json.dumps(data, indent=2) + "\n"
 
 
-def train_outputs(protect_model=False):
+def train_outputs(protect_model=False, temp_model=False):
     """model.pt and train.json (and metrics.json when the job also evaluates); never the run
     folder itself, so that Snakemake leaves checkpoint.pt alone. protect_model: model.pt is
-    write-protected (the teachers: hours of GPU time that many students read)."""
+    write-protected (the teachers: hours of GPU time that many students read); temp_model: a
+    temp() file, deleted once nothing needs it (keep_seed_models: false)."""
     model = f"{RUN}/model.pt"
-    outputs = {"model": protected(model) if protect_model else model, "summary": f"{RUN}/train.json"}
+    if protect_model:
+        model = protected(model)
+    elif temp_model:
+        model = temp(model)
+    outputs = {"model": model, "summary": f"{RUN}/train.json"}
     if EVAL_IN_TRAIN:
         outputs["metrics"] = f"{RUN}/metrics.json"
     return outputs

@@ -1,5 +1,12 @@
 # Students: Sup, MT, CPS (no teachers) and KD, CWD, SKT, MGD (distilled from the teachers of the
 # same dataset and partition), for every student backbone, plus every ablation variant of MGD.
+# With keep_seed_models: false, the students of a seed that is no table's first train by the same
+# rule as train_scored_student, whose model.pt is a temp() file (deleted once scored).
+
+SCORED_ONLY = PLAN.scored_only_runs()
+# a run id is followed by "/" in every output path
+SCORED_ONLY_RUN = "(?:" + "|".join(re.escape(run) for run in SCORED_ONLY) + ")(?=/)"
+STUDENT_RUN = "(?!teacher_)" + (f"(?!{SCORED_ONLY_RUN})" if SCORED_ONLY else "") + "[A-Za-z0-9_.-]+"
 
 
 rule train_student:
@@ -13,7 +20,7 @@ rule train_student:
     benchmark:
         benchmark("train/{ds}/{proto}/{slug}/{run}")
     wildcard_constraints:
-        run="(?!teacher_)[A-Za-z0-9_.-]+",
+        run=STUDENT_RUN,
     retries: train_retries("student_runtime")
     conda:
         CONDA_ENV
@@ -28,3 +35,12 @@ rule train_student:
         drop=DROP_CHECKPOINT,
     shell:
         TRAIN_SHELL
+
+
+if SCORED_ONLY:
+
+    use rule train_student as train_scored_student with:
+        output:
+            **train_outputs(temp_model=True),
+        wildcard_constraints:
+            run=SCORED_ONLY_RUN,

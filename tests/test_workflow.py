@@ -208,13 +208,23 @@ def mgd_job(*args: str, **env: str) -> subprocess.CompletedProcess:
                           timeout=120, env={**outside_slurm, "OMP_NUM_THREADS": "1", **env})
 
 
-def test_job_runs_its_commands_in_order_and_drops_the_checkpoint_on_success(tmp_path):
+#: a quick command for `mgd job` to run
+COMPLEXITY = ["complexity", "--backbone", "resnet18d", "--size", "32", "--json"]
+
+
+def stamped_job(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """(run folder, its checkpoint path, `mgd job` options with --drop-checkpoint) after one job
+    has stamped the folder's inputs."""
     run_dir, config = tmp_path / "run", tmp_path / "config.yaml"
     config.write_text("a: 1\n")
-    checkpoint = run_dir / "checkpoint.pt"
     common = ["--run-dir", str(run_dir), "--inputs", str(config), "--drop-checkpoint", "--"]
-    complexity = ["complexity", "--backbone", "resnet18d", "--size", "32", "--json"]
-    assert mgd_job(*common, *complexity).returncode == 0  # stamps the inputs
+    assert mgd_job(*common, *COMPLEXITY).returncode == 0
+    return run_dir, run_dir / "checkpoint.pt", common
+
+
+def test_job_runs_its_commands_in_order_and_drops_the_checkpoint_on_success(tmp_path):
+    run_dir, checkpoint, common = stamped_job(tmp_path)
+    config, complexity = tmp_path / "config.yaml", COMPLEXITY
     checkpoint.write_bytes(b"state")  # as if a training job with these inputs had been killed
     # a failing command stops the job with its status and keeps the checkpoint for the rerun
     failed = mgd_job(*common, *complexity, "--", "evaluate", "--model", str(tmp_path / "missing.pt"),
@@ -229,15 +239,10 @@ def test_job_runs_its_commands_in_order_and_drops_the_checkpoint_on_success(tmp_
 def test_a_slurm_job_keeps_the_final_checkpoint_until_the_workflow_ends(tmp_path):
     from mgd.jobs.checkpoint_guard import drop_finished_checkpoints
 
-    run_dir, config = tmp_path / "run", tmp_path / "config.yaml"
-    config.write_text("a: 1\n")
-    checkpoint = run_dir / "checkpoint.pt"
-    common = ["--run-dir", str(run_dir), "--inputs", str(config), "--drop-checkpoint", "--"]
-    complexity = ["complexity", "--backbone", "resnet18d", "--size", "32", "--json"]
-    assert mgd_job(*common, *complexity).returncode == 0
+    run_dir, checkpoint, common = stamped_job(tmp_path)
     checkpoint.write_bytes(b"final state")
     # SLURM may still fail this job at its time limit: the retry needs the checkpoint to resume
-    ok = mgd_job(*common, *complexity, SLURM_JOB_ID="42")
+    ok = mgd_job(*common, *COMPLEXITY, SLURM_JOB_ID="42")
     assert ok.returncode == 0 and checkpoint.exists() and "keeping" in ok.stderr
     # when the workflow ends, a finished run's checkpoint goes; an unfinished run's stays
     unfinished = tmp_path / "unfinished"

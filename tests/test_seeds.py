@@ -156,6 +156,8 @@ def test_table_csv_carries_mean_std_n_and_the_per_seed_values(tmp_path):
     assert table["1/8"].tolist() == pytest.approx([32.0, 41.0])
     assert table["1/8 std"].tolist() == pytest.approx([2.0, 1.0])
     assert table["1/8 n"].tolist() == [3, 3]
+    assert "1/8 n" in (tmp_path / "table1.csv").read_text().splitlines()[0]
+    assert (tmp_path / "table1.csv").read_text().splitlines()[1].split(",")[-2] == "3"  # a count, not 3.0
     assert [split_values(text) for text in table["1/8 seeds"]] == [(30.0, 32.0, 34.0), (40.0, 41.0, 42.0)]
     sources = pd.read_csv(tmp_path / "table1.sources.csv")
     assert sources.loc[0, "1/8"].split(";") == spec["rows"][0]["cells"]["1/8"]  # every run behind the cell

@@ -70,7 +70,12 @@ def build_table(spec: dict):
         values.append({**keys, **{column: round(baseline["miou_percent"], 2) if baseline else math.nan
                                   for column, (baseline, _) in found.items()}})
         sources.append({**keys, **{column: path for column, (_, path) in found.items()}})
-    return pd.DataFrame(values, columns=columns), pd.DataFrame(sources, columns=columns)
+    table = pd.DataFrame(values, columns=columns)
+    for column in spec["value_columns"]:
+        # a count (empty in the majority-class row), not a float
+        n = spread_columns(column)[1]
+        table[n] = table[n].astype("Int64")
+    return table, pd.DataFrame(sources, columns=columns)
 
 
 def write_table(spec_path: str | Path, out: str | Path, sources_out: str | Path | None = None):

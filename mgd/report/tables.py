@@ -7,16 +7,15 @@ import math
 from pathlib import Path
 
 from mgd.errors import ConfigError
-from mgd.report.spread import SEED_SEPARATOR, SeedCell, differs, join_values, spread_columns, split_values
 from mgd.report.inputs import (
     COMPLEXITY_COLUMNS,
     LATENCY_COLUMN,
     MAJORITY_BASELINE_METHOD,
     ReportError,
     cell_number,
+    cell_paths,
     latency_setting,
     load_spec,
-    cell_paths,
     read_cell,
     read_class_metrics,
     read_complexity,
@@ -25,6 +24,7 @@ from mgd.report.inputs import (
     read_spec_table,
     read_table,
 )
+from mgd.report.spread import SEED_SEPARATOR, SeedCell, differs, join_values, spread_columns, split_values
 
 
 def build_table(spec: dict):
@@ -198,7 +198,7 @@ def format_cell(row, column: str) -> str:
     """A value cell of a table CSV row: its mean, with ``± std (n)`` when it has several seeds."""
     std, n, _ = spread_columns(column)
     mean = _format_number(cell_number(row[column]))
-    if column in row and std in row and cell_number(row[n]) > 1:
+    if std in row and cell_number(row[n]) > 1:
         return f"{mean} ± {_format_number(cell_number(row[std]))} ({int(cell_number(row[n]))})"
     return mean
 

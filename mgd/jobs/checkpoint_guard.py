@@ -128,17 +128,15 @@ SLURM_JOB_VARIABLE = "SLURM_JOB_ID"
 FINISHED_RUN_FILES = ("model.pt", "train.json")
 
 
-def drop_final_checkpoint(run_dir: Path, environ: dict | None = None) -> bool:
+def drop_final_checkpoint(run_dir: Path) -> None:
     """Delete the finished run's checkpoint in ``run_dir``, unless this is a SLURM job (module
-    docstring); True when it was deleted."""
+    docstring)."""
     checkpoint = run_dir / CHECKPOINT_NAME
-    if SLURM_JOB_VARIABLE in (os.environ if environ is None else environ):
-        if checkpoint.exists():
-            print(f"mgd job: keeping {checkpoint} until the workflow ends (a SLURM job can still fail "
-                  "at its time limit after its work is done; a retry then resumes from it)", file=sys.stderr)
-        return False
-    checkpoint.unlink(missing_ok=True)
-    return True
+    if SLURM_JOB_VARIABLE not in os.environ:
+        checkpoint.unlink(missing_ok=True)
+    elif checkpoint.exists():
+        print(f"mgd job: keeping {checkpoint} until the workflow ends (a SLURM job can still fail "
+              "at its time limit after its work is done; a retry then resumes from it)", file=sys.stderr)
 
 
 def drop_finished_checkpoints(run_dirs: list[str | Path]) -> list[Path]:

@@ -4,6 +4,7 @@ names against each other (a table's dataset, a partition a protocol lacks, ...).
 from __future__ import annotations
 
 from mgd.errors import ConfigError
+from mgd.plan.experiments import table_seeds
 from mgd.plan.partitions import partition_slug, partitions
 
 #: the networks `mgd import-weights` can read from an official checkpoint (mgd.models.PAPER_BACKBONES;
@@ -115,7 +116,7 @@ def check_seeds(config: dict) -> None:
         if name == "figures":
             continue
         key = f"tables.{name}.seeds" if table.get("seeds") else "seeds"
-        for seed in table.get("seeds") or config["seeds"]:
+        for seed in table_seeds(config, name):
             if seed not in teacher_seeds:
                 raise ConfigError(f"config key {key}: seed {seed} (tables.{name}) is not one of teacher_seeds "
                                   f"{teacher_seeds}: with several teacher seeds, the students of seed s distil "

@@ -61,9 +61,12 @@ def assert_dag_trains_the_plan(counts: dict[str, int], plan) -> None:
     assert counts.get("cache_teachers", 0) == len(plan.caches)
 
 
-def dry_run(*args: str, results: Path) -> dict[str, int]:
-    result = snakemake("-n", "--config", f"results={results}", *args)
+def dry_run(*args: str, results: Path, config: tuple[str, ...] = ()) -> dict[str, int]:
+    # one --config: a second one would replace the first's values (results= included)
+    result = snakemake("-n", *args, "--config", f"results={results}", *config)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outputs = re.findall(r"^    output: (.+)$", result.stdout, flags=re.MULTILINE)
+    assert outputs and all(line.startswith(str(results)) for line in outputs), "a job writes outside results="
     return job_counts(result.stdout)
 
 
@@ -114,8 +117,8 @@ def test_zoo_dry_run_trains_one_teacher_pair_and_caches_once(tmp_path):
 
 @pytest.mark.slow
 def test_separate_evaluation_and_teacher_cache_dry_run(tmp_path):
-    counts = dry_run("--configfile", "config/smoke.yaml", "--config", "evaluate_in_training_job=False",
-                     "teacher_source=cache", results=tmp_path)
+    counts = dry_run("--configfile", "config/smoke.yaml", results=tmp_path,
+                     config=("evaluate_in_training_job=False", "teacher_source=cache"))
     plan = planned("config/smoke.yaml", overrides=("evaluate_in_training_job=False", "teacher_source=cache"))
     assert_dag_trains_the_plan(counts, plan)
     trained = counts["train_student"] + counts.get("train_scored_student", 0) + counts["train_teacher"]

@@ -14,12 +14,13 @@ where the machine has that many:
 - ``labeled``: image + label;  ``unlabeled``: image only;
 - ``mgd``: one whole MGD sample: 1 labeled + 2 unlabeled views + the host part of reading both
   teachers' cached targets of the 3 views (``CacheStore.load``: memory-mapped arrays and the
-  zlib class maps of a cache this script writes with a stand-in teacher; dequantising and the
-  replay check run on the device in training and are not counted). In training the cache is read
-  in the main process, not in the workers: the row counts the CPU time a sample costs.
+  compressed class maps of caches this script writes with a stand-in teacher; dequantising and the
+  replay check run on the device in training and are not counted). As in training, the workers
+  make the views and the main process reads the cache; the row counts the CPU time of both.
 
 Paths: ``old`` is the pipeline before issue 19 (normalise the whole scaled image to float32 on
-the host, then crop; int64 masks; antialiased resize; class maps decoded one byte at a time);
+the host, then crop; int64 masks; antialiased resize; class maps of cache format 2, the filtered
+map deflated, decoded one byte at a time);
 ``new`` is ``train_transform`` (uint8 until the device, bilinear without antialiasing as the
 official code) whose float conversion, normalisation and padding fill happen on the device and
 are not counted here.
@@ -102,9 +103,13 @@ def write_files(folder: Path, setting: tuple) -> SegmentationDataset:
     return SegmentationDataset(samples, [f"class{index}" for index in range(classes)])
 
 
-def write_cache_stores(folder: Path, dataset: SegmentationDataset, crop: int) -> list[CacheStore]:
+def write_cache_stores(folder: Path, dataset: SegmentationDataset, crop: int, encode_label_map=None) -> list[CacheStore]:
     """Both teachers' stores (one view per image) in the MGD layout, from a stand-in teacher whose
-    class map is a resized label map (as blocky as a real prediction) and whose features are noise."""
+    class map is a resized label map (as blocky as a real prediction) and whose features are noise;
+    ``encode_label_map``: the class-map record format to write (None: the cache's own)."""
+    if encode_label_map is not None:
+        with mock.patch.object(storage, "encode_label_map", encode_label_map):
+            return write_cache_stores(folder, dataset, crop)
     layout = StorageLayout()
     fields = layout.fields(crop, dataset.num_classes)
     stores = []
@@ -154,19 +159,26 @@ class OldViews(Dataset):
                 "id": self.dataset.samples[index].id, "view": view}
 
 
+def deflated_rows(label_map: np.ndarray) -> bytes:
+    """The cache's class-map record before issue 19 (format version 2): the row-XOR-filtered map
+    itself deflated, without run-length coding."""
+    filtered = label_map.copy()
+    filtered[1:] ^= label_map[:-1]
+    return zlib.compress(filtered.tobytes(), storage.ZLIB_LEVEL)
+
+
 def bytewise_decode_label_map(record: bytes, shape: tuple[int, int]) -> np.ndarray:
-    """The cache's class-map decoding before issue 19 (XOR-accumulated one byte at a time)."""
+    """The decoding of a :func:`deflated_rows` record before issue 19 (XOR-accumulated one byte at a time)."""
     filtered = np.frombuffer(zlib.decompress(record), dtype=np.uint8).reshape(shape)
     return np.bitwise_xor.accumulate(filtered, axis=0)
 
 
-class MgdSamples(Dataset):
-    """One whole MGD sample: a labeled view, two unlabeled views, the cached targets' host reads
-    (with ``decode_label_map``: the class-map decoding to use)."""
+class MgdViews(Dataset):
+    """The images of one whole MGD sample: a labeled view and two unlabeled views (in training the
+    three streams' workers make them)."""
 
-    def __init__(self, labeled: Dataset, unlabeled: Dataset, stores: list[CacheStore], decode_label_map=None):
-        self.labeled, self.unlabeled, self.stores = labeled, unlabeled, stores
-        self.decode_label_map = decode_label_map or storage.decode_label_map
+    def __init__(self, labeled: Dataset, unlabeled: Dataset):
+        self.labeled, self.unlabeled = labeled, unlabeled
 
     def __len__(self) -> int:
         return len(self.labeled)
@@ -174,14 +186,24 @@ class MgdSamples(Dataset):
     def __getitem__(self, key):
         index, seed, _ = key
         count = len(self.labeled)
-        views = [self.labeled[key], self.unlabeled[((index + 1) % count, seed + 1, 0)],
-                 self.unlabeled[((index + 2) % count, seed + 2, 0)]]
+        return {"views": [self.labeled[key], self.unlabeled[((index + 1) % count, seed + 1, 0)],
+                          self.unlabeled[((index + 2) % count, seed + 2, 0)]]}
+
+
+class CachedTargets:
+    """The host part of reading a batch's cached targets from both teachers' stores, in the main
+    process as training reads them (with ``decode_label_map``: the class-map decoding to use)."""
+
+    def __init__(self, stores: list[CacheStore], decode_label_map=None):
+        self.stores = stores
+        self.decode_label_map = decode_label_map or storage.decode_label_map
+
+    def __call__(self, batch: dict) -> list[dict]:
         # one view per image in these stores: the flat position is the image's row
-        positions = np.array([self.stores[0].rows[view["id"]] for view in views])
+        positions = np.array([self.stores[0].rows[image_id] for view in batch["views"] for image_id in view["id"]])
         with mock.patch.object(storage, "decode_label_map", self.decode_label_map):
-            targets = [{name: torch.from_numpy(value) for name, value in store.load(positions, stored_fields(MGD_FIELDS)).items()}
-                       for store in self.stores]
-        return {"views": views, "targets": targets}
+            return [{name: torch.from_numpy(value) for name, value in store.load(positions, stored_fields(MGD_FIELDS)).items()}
+                    for store in self.stores]
 
 
 def pin_worker(worker_id: int) -> None:
@@ -210,9 +232,10 @@ def already_collated(batch):
     return batch
 
 
-def throughput(dataset: Dataset, workers: int, batch: int, batches: int) -> tuple[float, float]:
+def throughput(dataset: Dataset, workers: int, batch: int, batches: int, read_targets=None) -> tuple[float, float]:
     """(items/s of ``dataset`` through a DataLoader from the first batch on, worker start-up
-    excluded; items per CPU second of the workers, fetch + decode + transform + collate)."""
+    excluded; items per CPU second: the workers' fetch + decode + transform + collate, plus
+    ``read_targets(batch)`` in the main process where given)."""
     keys = [[(position % len(dataset), 1000 + position, -1) for position in range(first * batch, (first + 1) * batch)]
             for first in range(batches + 1)]
     loader = DataLoader(CpuTimed(dataset), batch_sampler=keys, num_workers=workers, worker_init_fn=pin_worker,
@@ -220,19 +243,23 @@ def throughput(dataset: Dataset, workers: int, batch: int, batches: int) -> tupl
     iterator = iter(loader)
     next(iterator)
     start, cpu_seconds = time.perf_counter(), 0.0
-    for _, seconds in iterator:
+    for items, seconds in iterator:
         cpu_seconds += seconds
+        if read_targets is not None:
+            read_start = time.thread_time()
+            read_targets(items)
+            cpu_seconds += time.thread_time() - read_start
     return batches * batch / (time.perf_counter() - start), batches * batch / cpu_seconds
 
 
-def datasets(kind: str, path: str, data: SegmentationDataset, crop: int, stores: list[CacheStore]) -> Dataset:
+def datasets(kind: str, path: str, data: SegmentationDataset, crop: int) -> Dataset:
     def views(labeled: bool) -> Dataset:
         if path == "old":
             return OldViews(data, crop, labeled)
         return AugmentedViews(data, train_transform(crop), labeled)
 
     if kind == "mgd":
-        return MgdSamples(views(True), views(False), stores, bytewise_decode_label_map if path == "old" else None)
+        return MgdViews(views(True), views(False))
     return views(kind == "labeled")
 
 
@@ -245,15 +272,18 @@ def benchmark(args) -> dict:
         for name, setting in settings.items():
             crop = setting[3]
             data = write_files(Path(scratch) / name, setting)
-            stores = write_cache_stores(Path(scratch) / f"{name}-cache", data, crop)
+            stores = {"old": write_cache_stores(Path(scratch) / f"{name}-cache-old", data, crop, deflated_rows),
+                      "new": write_cache_stores(Path(scratch) / f"{name}-cache", data, crop)}
             for kind in ("labeled", "unlabeled", "mgd"):
                 for workers in workers_list:
                     batches = 2 if args.tiny else args.batches * max(workers, 1)
                     row = {"setting": name, "size": f"{setting[0]}x{setting[1]}", "crop": crop, "kind": kind,
                            "workers": workers}
                     for path in ("old", "new"):  # side by side, so background load hits both alike
-                        wall, per_cpu_second = throughput(datasets(kind, path, data, crop, stores), workers,
-                                                          args.batch, batches)
+                        read_targets = None if kind != "mgd" else CachedTargets(
+                            stores[path], bytewise_decode_label_map if path == "old" else None)
+                        wall, per_cpu_second = throughput(datasets(kind, path, data, crop), workers, args.batch,
+                                                          batches, read_targets)
                         row.update({f"{path}_per_s": wall, f"{path}_per_core": per_cpu_second})
                     row["ratio"] = row["new_per_core"] / row["old_per_core"]
                     rows.append(row)

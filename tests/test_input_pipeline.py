@@ -172,6 +172,21 @@ def test_cached_class_maps_decode_exactly(width):
     labels = label_map(48, width, 2)
     decoded = decode_label_map(encode_label_map(labels), labels.shape)
     assert decoded.dtype == np.uint8 and np.array_equal(decoded, labels)
+    # one class everywhere (a single run) and every pixel its own run
+    for plain in (np.full((48, width), 7, np.uint8), np.arange(48 * width, dtype=np.uint8).reshape(48, width)):
+        assert np.array_equal(decode_label_map(encode_label_map(plain), plain.shape), plain)
+
+
+def test_a_cached_class_map_of_another_size_is_refused_not_misread():
+    import zlib
+
+    from mgd.teachers.storage import decode_label_map, encode_label_map
+
+    record = encode_label_map(label_map(48, 64, 3))
+    with pytest.raises(ValueError, match="48 x 65 map"):
+        decode_label_map(record, (48, 65))
+    with pytest.raises(ValueError, match="runs do not make"):  # a cut-off run table
+        decode_label_map(zlib.compress(zlib.decompress(record)[:-1]), (48, 64))
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])

@@ -92,7 +92,7 @@ def size_report(layout: StorageLayout, views: int, cache: TeacherCache | None = 
     grids = ", ".join(f"{grid} x {grid}" for grid in layout.feature_grids)
     lines = [f"teacher cache sizes: {views} views per image, decoder feature pooled to {grids}, "
              f"logits pooled over {layout.logit_stride}-pixel cells",
-             "bytes per teacher and view (argmax: deflated; paper settings: on a synthetic map with every class, "
+             "bytes per teacher and view (argmax: run-length coded, deflated; paper settings: on a synthetic map with every class, "
              "8 x 8 regions; this cache: measured mean):",
              f"  {'setting':<12} {'crop':>5} {'N':>3} " + " ".join(f"{field:>13}" for field in field_names)]
     for row in rows:

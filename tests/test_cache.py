@@ -131,6 +131,16 @@ def test_cache_refuses_a_teacher_of_other_class_names(setup, tmp_path):
         write_cache(cache_config(cfg, 1))
 
 
+def test_a_cache_of_an_earlier_format_version_is_refused(setup, tmp_path):
+    # version 2 deflated the class maps without run-length coding: its records would not decode
+    old = tmp_path / "old-cache"
+    old.mkdir()
+    manifest = json.loads((Path(setup["cfg"]["method"]["teacher_cache"]) / MANIFEST_NAME).read_text())
+    (old / MANIFEST_NAME).write_text(json.dumps({**manifest, "version": 2}))
+    with pytest.raises(StaleCacheError, match=r"not a version-3 teacher cache .*version 2\); re-run mgd cache"):
+        TeacherCache.open(old)
+
+
 def test_stale_cache_is_refused(setup, tmp_path):
     other_weights = tmp_path / "other.pt"
     torch.manual_seed(3)

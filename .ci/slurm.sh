@@ -28,6 +28,25 @@ PIDS=()
 
 log() { echo "[slurm.sh] $*" >&2; }
 
+# The config files this script writes, put back as they were when it ends: a slurm.conf naming a
+# stopped controller makes every later snakemake start wait about 9 s (the SLURM executor plugin
+# runs `scontrol show config` when snakemake loads it, which waits for that controller).
+SLURM_CONFIGS=(/etc/slurm/slurm.conf /etc/slurm/gres.conf)
+mkdir -p "$STATE/saved"
+for file in "${SLURM_CONFIGS[@]}"; do
+    if [ -e "$file" ]; then cp -p "$file" "$STATE/saved/"; fi
+done
+
+restore_configs() {
+    for file in "${SLURM_CONFIGS[@]}"; do
+        if [ -e "$STATE/saved/$(basename "$file")" ]; then
+            cp -p "$STATE/saved/$(basename "$file")" "$file"
+        else
+            rm -f "$file"
+        fi
+    done
+}
+
 stop_daemons() {
     local status=$?
     set +e
@@ -41,6 +60,7 @@ stop_daemons() {
     for pid in "${PIDS[@]}"; do
         kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
     done
+    restore_configs
     rm -rf "$STATE"
     exit "$status"
 }

@@ -34,6 +34,7 @@ robust to other processes sharing the cores); ``ratio``: new/core over old/core.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -162,9 +163,7 @@ class OldViews(Dataset):
 def deflated_rows(label_map: np.ndarray) -> bytes:
     """The cache's class-map record before issue 19 (format version 2): the row-XOR-filtered map
     itself deflated, without run-length coding."""
-    filtered = label_map.copy()
-    filtered[1:] ^= label_map[:-1]
-    return zlib.compress(filtered.tobytes(), storage.ZLIB_LEVEL)
+    return zlib.compress(storage.row_filtered(label_map).tobytes(), storage.ZLIB_LEVEL)
 
 
 def bytewise_decode_label_map(record: bytes, shape: tuple[int, int]) -> np.ndarray:
@@ -192,16 +191,19 @@ class MgdViews(Dataset):
 
 class CachedTargets:
     """The host part of reading a batch's cached targets from both teachers' stores, in the main
-    process as training reads them (with ``decode_label_map``: the class-map decoding to use)."""
+    process as training reads them (with ``decode_label_map``: the class-map decoding to use in
+    place of the cache's own)."""
 
     def __init__(self, stores: list[CacheStore], decode_label_map=None):
         self.stores = stores
-        self.decode_label_map = decode_label_map or storage.decode_label_map
+        self.decode_label_map = decode_label_map
 
     def __call__(self, batch: dict) -> list[dict]:
         # one view per image in these stores: the flat position is the image's row
         positions = np.array([self.stores[0].rows[image_id] for view in batch["views"] for image_id in view["id"]])
-        with mock.patch.object(storage, "decode_label_map", self.decode_label_map):
+        replaced = contextlib.nullcontext() if self.decode_label_map is None else mock.patch.object(
+            storage, "decode_label_map", self.decode_label_map)
+        with replaced:
             return [{name: torch.from_numpy(value) for name, value in store.load(positions, stored_fields(MGD_FIELDS)).items()}
                     for store in self.stores]
 

@@ -120,12 +120,17 @@ def stored_fields(fields: tuple[str, ...]) -> tuple[str, ...]:
 
 
 # -- the compressed class maps -----------------------------------------------------------------------
-def encode_label_map(label_map: np.ndarray) -> bytes:
-    """Lossless: each row XOR the row above (zero where the map repeats), run-length coded (the
-    uint32 run lengths, then the uint8 run values), deflated."""
+def row_filtered(label_map: np.ndarray) -> np.ndarray:
+    """Each row XOR the row above (zero where the map repeats the row above); the first row as it is."""
     filtered = label_map.copy()
     filtered[1:] ^= label_map[:-1]
-    flat = filtered.ravel()
+    return filtered
+
+
+def encode_label_map(label_map: np.ndarray) -> bytes:
+    """Lossless: :func:`row_filtered`, run-length coded (the uint32 run lengths, then the uint8 run
+    values), deflated."""
+    flat = row_filtered(label_map).ravel()
     starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
     lengths = np.diff(np.append(starts, flat.size)).astype("<u4")  # little-endian: a cache reads the same on any machine
     return zlib.compress(lengths.tobytes() + flat[starts].tobytes(), ZLIB_LEVEL)
